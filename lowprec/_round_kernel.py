@@ -1,0 +1,263 @@
+"""The compiled rounding loop behind :func:`lowprec.rounding.round_to`.
+
+One pass over the array, element by element, on the bit patterns of the float32/float64 carrier,
+with integer arithmetic only: the source value is ``sig * 2**(e - sm)`` with an integer
+significand; the target quantum there is ``2**(max(e, emin) - man_bits)``; the ``shift`` low bits
+of ``sig`` below it are the discarded part that the rounding mode judges. Nothing is ever rounded
+twice: the kept part and the discarded part are exact integers.
+
+Two paths. :func:`round_one` is the general rule for one element (specials, target subnormals,
+overflow, formats without zero or sign). The loop in :func:`round_bits` sends an element there
+only when it is rare; a value in the target's normal range takes the classic add-then-truncate
+form ``((mag + bias) >> shift) << shift`` on the carrier's magnitude bits, where the carry out of
+the mantissa moves into the exponent by itself and ``bias`` encodes the mode (RNE: half - 1 +
+lsb; RNA: half; RTZ: 0; UP/DOWN: all ones on their side; SR: random bits). It has no branch that
+depends on the data, so it runs at memory speed.
+
+Stochastic rounding, in both paths, adds a k-bit random integer r to the k-bit discarded
+fraction F = floor(frac * 2**k) and rounds up on carry: up iff r + F >= 2**k, so P(up) = F / 2**k.
+
+Compiled with numba (``cache=True``) so the loop runs at memory speed; the readable
+specification it is tested against bit for bit is :mod:`lowprec.reference`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# Mode codes shared with lowprec.rounding.Rounding (the order of that Enum's members).
+RNE, RNA, RTZ, RUP, RDN, ODD, SR = 0, 1, 2, 3, 4, 5, 6
+
+# Flags describing the target format (bit set).
+F_HAS_INF = 1  # overflow (non-saturating) gives inf
+F_HAS_NAN = 2  # some code is NaN (else overflow and inf saturate: MX fp6/fp4)
+F_NEG_ZERO = 4  # -0 exists (else a zero result is +0: fnuz formats)
+F_SUBNORMALS = 8  # subnormals exist (else results below smallest_normal flush to zero)
+F_HAS_ZERO = 16  # zero exists (else, e8m0: tiny results clamp to the smallest value)
+F_SIGNED = 32  # negative values exist (else, e8m0: negative input is NaN)
+F_SATURATE = 64  # clamp overflow and inf to +-max (CUDA satfinite)
+
+
+@numba.njit(cache=True, inline="always")
+def _pow2_bits(q: np.int64, cm: int, cb: int) -> np.int64:
+    """Carrier bit pattern of 2**q (normal or subnormal in the carrier)."""
+    if q >= 1 - cb:
+        return (q + cb) << cm
+    return np.int64(1) << (q - (1 - cb - cm))
+
+
+@numba.njit(cache=True)
+def round_one(
+    a: np.int64,
+    r: np.uint64,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+    rand_bits: int,
+) -> np.int64:
+    """The general rule for one element: carrier bits ``a`` in, carrier bits of the result out.
+
+    Args:
+        a: Source bit pattern (as a signed 64-bit integer).
+        r: Random word for SR (``rand_bits`` low bits used).
+        sm, se, sb: Carrier mantissa bits, exponent bits, bias (23, 8, 127 or 52, 11, 1023).
+        tm, temin: Target mantissa bits and emin (>= the carrier's emin).
+        max_bits: Carrier bit pattern of the target's largest finite value.
+        flags: F_* bits of the target and the saturate option.
+        mode: One of RNE, RNA, RTZ, RUP, RDN, ODD, SR.
+        rand_bits: Number of random bits (1..64).
+    """
+    width = se + sm + 1
+    sign_bit = np.int64(1) << (width - 1)
+    inf_bits = ((np.int64(1) << se) - 1) << sm
+    nan_bits = inf_bits | (np.int64(1) << (sm - 1))
+    sat = (flags & F_SATURATE) != 0
+    neg = ((a >> (width - 1)) & 1) == 1
+    sign = sign_bit if neg else np.int64(0)
+    mag = a & (sign_bit - 1)
+    if mag >= inf_bits:
+        if mag > inf_bits or (neg and not flags & F_SIGNED):
+            return nan_bits
+        if flags & F_HAS_INF and not sat:
+            return a
+        if sat or not flags & F_HAS_NAN:
+            return max_bits | sign
+        return nan_bits
+    if neg and not flags & F_SIGNED:
+        return nan_bits
+    if mag == 0:
+        if not flags & F_HAS_ZERO:
+            return nan_bits
+        return sign if flags & F_NEG_ZERO else np.int64(0)
+    # value = sig * 2**(e - sm); a carrier subnormal lies below the target's emin, where the
+    # target quantum is 2**(temin - tm) whatever its exact exponent
+    ebits = mag >> sm
+    sig = mag & ((np.int64(1) << sm) - 1)
+    if ebits > 0:
+        sig |= np.int64(1) << sm
+    e = (ebits if ebits > 0 else np.int64(1)) - sb
+    ee = e if e > temin else np.int64(temin)
+    shift = sm - tm + (ee - e)
+    res = mag
+    if shift > 0:
+        if shift <= 62:
+            keep = sig >> shift
+            rem = sig & ((np.int64(1) << shift) - 1)
+            half = np.int64(1) << (shift - 1)
+        else:
+            keep = np.int64(0)
+            rem = sig
+            half = np.int64(1) << 62  # sig < 2**53: below half, never a tie
+        up = False
+        if rem != 0:
+            if mode == RNE:
+                up = bool(rem > half or (rem == half and (keep & 1) == 1))
+            elif mode == RNA:
+                up = bool(rem >= half)
+            elif mode == RUP:
+                up = not neg
+            elif mode == RDN:
+                up = neg
+            elif mode == ODD:
+                up = bool((keep & 1) == 0)
+            elif mode == SR:
+                d = shift - rand_bits
+                if d >= 0:
+                    fk = np.uint64(rem >> d) if d <= 62 else np.uint64(0)
+                else:
+                    fk = np.uint64(rem) << np.uint64(-d)
+                rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
+                if rand_bits < 64:
+                    rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
+                up = bool(fk > 0 and (r & rmask) >= rmask - fk + np.uint64(1))
+        if shift <= sm:
+            res = ((mag >> shift) + (1 if up else 0)) << shift
+        else:
+            res = _pow2_bits(ee - tm, sm, sb) if up else np.int64(0)
+    if res > max_bits:
+        to_inf = not sat and (
+            mode == RNE
+            or mode == RNA
+            or mode == SR
+            or (mode == RUP and not neg)
+            or (mode == RDN and neg)
+        )
+        if to_inf and flags & F_HAS_INF:
+            return inf_bits | sign
+        if to_inf and flags & F_HAS_NAN:
+            return nan_bits
+        return max_bits | sign
+    if not flags & F_SUBNORMALS and res < _pow2_bits(np.int64(temin), sm, sb):
+        res = np.int64(0)
+    if res == 0:
+        if not flags & F_HAS_ZERO:
+            return _pow2_bits(np.int64(temin - tm if flags & F_SUBNORMALS else temin), sm, sb)
+        return sign if flags & F_NEG_ZERO else np.int64(0)
+    return res | sign
+
+
+@numba.njit(cache=True, parallel=True)
+def round_bits(
+    src: np.ndarray,
+    out: np.ndarray,
+    rand: np.ndarray,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+    rand_bits: int,
+) -> None:
+    """Round every element of ``src`` (uint view of float32/float64) into ``out`` (same view).
+
+    Args:
+        src: Source bit patterns (uint32 for float32, uint64 for float64).
+        out: Destination bit patterns, same dtype and size as ``src``.
+        rand: One random word per element for SR (``rand_bits`` low bits used); else unused.
+        sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits: as for :func:`round_one`.
+    """
+    width = se + sm + 1
+    sign_bit = np.int64(1) << (width - 1)
+    mag_mask = sign_bit - 1
+    inf_bits = ((np.int64(1) << se) - 1) << sm
+    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
+    shift = sm - tm
+    general_only = shift <= 0 or (flags & F_SIGNED) == 0
+    low = (np.int64(1) << shift) - 1 if shift > 0 else np.int64(0)
+    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    if mode == RNE:
+        _loop_rne(src, out, sm, se, sb, tm, temin, max_bits, flags, general_only)
+        return
+    rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    if rand_bits < 64:
+        rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
+    k = np.int64(rand_bits)
+    for i in numba.prange(src.size):
+        a = np.int64(src[i])
+        r = np.uint64(rand[i]) & rmask if mode == SR else np.uint64(0)
+        mag = a & mag_mask
+        if general_only or mag < normal_bits or mag >= inf_bits:
+            out[i] = round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
+            continue
+        negi = (a >> (width - 1)) & 1
+        if mode == RNA:
+            res = ((mag + half) >> shift) << shift
+        elif mode == RUP:
+            res = ((mag + low * (1 - negi)) >> shift) << shift
+        elif mode == RDN:
+            res = ((mag + low * negi) >> shift) << shift
+        elif mode == ODD:
+            res = ((mag >> shift) | np.int64((mag & low) != 0)) << shift
+        elif mode == SR:
+            # r + F >= 2**k  <=>  (r scaled to the discarded width) + rem >= 2**shift
+            rr = np.int64(r >> np.uint64(k - shift)) if k >= shift else np.int64(r) << (shift - k)
+            res = ((mag + rr) >> shift) << shift
+        else:
+            res = (mag >> shift) << shift
+        if res > max_bits:
+            out[i] = round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
+        else:
+            out[i] = res | (a & sign_bit)
+
+
+@numba.njit(cache=True, parallel=True)
+def _loop_rne(
+    src: np.ndarray,
+    out: np.ndarray,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    general_only: bool,
+) -> None:
+    """:func:`round_bits` for nearest-even, the hot path of every emulated kernel: no mode test."""
+    width = se + sm + 1
+    sign_bit = np.int64(1) << (width - 1)
+    mag_mask = sign_bit - 1
+    inf_bits = ((np.int64(1) << se) - 1) << sm
+    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
+    shift = sm - tm
+    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    for i in numba.prange(src.size):
+        a = np.int64(src[i])
+        mag = a & mag_mask
+        if general_only or mag < normal_bits or mag >= inf_bits:
+            out[i] = round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+            continue
+        res = ((mag + half - 1 + ((mag >> shift) & 1)) >> shift) << shift
+        if res > max_bits:
+            out[i] = round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+        else:
+            out[i] = res | (a & sign_bit)
