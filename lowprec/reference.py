@@ -42,8 +42,9 @@ def round_fraction(
         mode: Rounding mode.
         saturate: Clamp overflow and infinities to +-max.
         rand_word: For stochastic rounding: an integer in [0, 2**rand_bits); the result
-            rounds up (away from zero) iff rand_word < floor(frac * 2**rand_bits), where frac
-            is the discarded fraction of the gap between the neighbours.
+            rounds up (away from zero) iff rand_word + floor(frac * 2**rand_bits) carries,
+            i.e. reaches 2**rand_bits, where frac is the discarded fraction of the gap between
+            the neighbours (the add-random-bits-then-truncate rule of SR hardware).
         rand_bits: Width of ``rand_word``.
 
     Returns:
@@ -104,7 +105,7 @@ def round_fraction(
             if rand_word is None:
                 raise ValueError("stochastic rounding needs rand_word")
             frac_fixed = math.floor(below / quantum * 2**rand_bits)
-            choice = hi if rand_word < frac_fixed else lo
+            choice = hi if rand_word + frac_fixed >= 2**rand_bits else lo
     if choice > Fraction(fmt.max):
         to_infinity = not saturate and (
             mode in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY, Rounding.STOCHASTIC)
