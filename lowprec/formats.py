@@ -108,6 +108,8 @@ class Format:
         Raises:
             UnknownFormatError: If the fields do not describe a valid format.
         """
+        if not 1 <= exp_bits <= 11:
+            raise UnknownFormatError(f"exp_bits={exp_bits!r}; expected 1 <= exp_bits <= 11")
         if isinstance(nan, str):
             try:
                 nan = NanEncoding(nan)
@@ -195,8 +197,12 @@ class Format:
 
     @property
     def epsneg(self) -> float:
-        """Distance from 1 to the next smaller value, 2**-(man_bits + 1)."""
-        return math.ldexp(1.0, -self.man_bits - 1)
+        """Distance from 1 to the next smaller value: 2**(max(-1, emin) - man_bits).
+
+        2**-(man_bits + 1) when the binade below 1 is normal; the subnormal quantum when 1 is the
+        smallest normal (fp6_e2m3, fp4_e2m1: emin = 0).
+        """
+        return math.ldexp(1.0, self.negep)
 
     @property
     def unit_roundoff(self) -> float:
@@ -226,7 +232,7 @@ class Format:
     @property
     def negep(self) -> int:
         """numpy: exponent of ``epsneg``."""
-        return -self.man_bits - 1
+        return max(-1, self.emin) - self.man_bits
 
     @property
     def maxexp(self) -> int:

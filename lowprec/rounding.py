@@ -249,9 +249,9 @@ def round_to(
         # normal range starts below float32's. Round in float64: the result fits float32 exactly.
         if mode is Rounding.STOCHASTIC and rand_bits is None:
             rand_bits = default_rand_bits(arr.dtype, fmt)
-        wide = round_to(
-            arr.astype(np.float64), fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits
-        )
+        with np.errstate(invalid="ignore"):  # signalling-NaN patterns widen quietly
+            wide64 = arr.astype(np.float64)
+        wide = round_to(wide64, fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits)
         return np.asarray(wide).astype(arr.dtype) if arr.ndim else arr.dtype.type(wide)
     src = np.ascontiguousarray(arr).reshape(-1)
     out = np.empty_like(src)
@@ -287,8 +287,10 @@ def _codes_check(bits: ArrayLike, fmt: Format) -> NDArray[np.int64]:
         raise LowprecError(f"bits: expected an integer array, got {bits!r}") from exc
     if b.dtype.kind not in "iu":
         raise LowprecError(f"bits: expected an integer array of codes, got dtype {b.dtype}")
+    if b.size and b.dtype.kind == "i" and b.min() < 0:
+        raise LowprecError(f"bits: codes must be non-negative, got {b.min()}")
     b = b.astype(np.int64) if fmt.bits < 64 else b.astype(np.uint64).view(np.int64)
-    if fmt.bits < 64 and b.size and (b.min() < 0 or b.max() >= fmt.num_codes):
+    if fmt.bits < 64 and b.size and b.max() >= fmt.num_codes:
         raise LowprecError(
             f"bits: codes must lie in 0..{fmt.num_codes - 1} for {fmt.name}, "
             f"got range {b.min()}..{b.max()}"
@@ -310,11 +312,10 @@ def decode(bits: ArrayLike, fmt: Format | str) -> Any:
         LowprecError: If a code is out of range or ``bits`` is not an integer array.
     """
     fmt = get_format(fmt)
-    if fmt.name == "fp64":
-        b64 = np.asarray(bits).astype(np.uint64)
-        res64 = b64.view(np.float64).copy()
-        return res64 if res64.ndim else res64[()]
     b = _codes_check(bits, fmt)
+    if fmt.bits == 64:
+        res64 = b.view(np.float64).copy()
+        return res64 if res64.ndim else res64[()]
     mb, eb = fmt.man_bits, fmt.exp_bits
     man = b & ((1 << mb) - 1)
     ex = (b >> mb) & ((1 << eb) - 1)
@@ -358,8 +359,8 @@ def encode(x: ArrayLike, fmt: Format | str) -> Any:
     """
     fmt = get_format(fmt)
     v = as_carrier(x).astype(np.float64)
-    if fmt.name == "fp64":
-        res64 = v.view(np.uint64).copy()
+    if fmt.bits == 64:
+        res64 = np.where(np.isnan(v), np.uint64(fmt.nan_code or 0), v.view(np.uint64))
         return res64 if res64.ndim else res64[()]
     rounded = np.asarray(round_to(v, fmt, saturate=False))
     nan_in = np.isnan(v)
@@ -455,7 +456,7 @@ def next_up(x: ArrayLike, fmt: Format | str) -> Any:
     """The least value of ``fmt`` greater than each (representable) x: IEEE 754 nextUp.
 
     nextUp(max) is inf where the format has inf, NaN where it has none; nextUp(-0) is the
-    smallest subnormal; NaN and +inf are returned unchanged.
+    smallest subnormal; NaN (where the format has NaN) and +inf are returned unchanged.
 
     Raises:
         LowprecError: If a value is not representable in ``fmt``.
