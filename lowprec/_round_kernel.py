@@ -162,6 +162,56 @@ def round_one(
     return res | sign
 
 
+@numba.njit(cache=True, inline="always")
+def _fast_any(
+    a: np.int64,
+    r: np.uint64,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+    rand_bits: int,
+) -> np.int64:
+    """One element, any mode: add-then-truncate in the target's normal range, else round_one."""
+    width = se + sm + 1
+    sign_bit = np.int64(1) << (width - 1)
+    mag = a & (sign_bit - 1)
+    shift = sm - tm
+    if (
+        shift <= 0
+        or (flags & F_SIGNED) == 0
+        or mag < _pow2_bits(np.int64(temin), sm, sb)
+        or mag >= ((np.int64(1) << se) - 1) << sm
+    ):
+        return round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
+    low = (np.int64(1) << shift) - 1
+    negi = (a >> (width - 1)) & 1
+    if mode == RNE:
+        res = ((mag + (low >> 1) + ((mag >> shift) & 1)) >> shift) << shift
+    elif mode == RNA:
+        res = ((mag + (low >> 1) + 1) >> shift) << shift
+    elif mode == RUP:
+        res = ((mag + low * (1 - negi)) >> shift) << shift
+    elif mode == RDN:
+        res = ((mag + low * negi) >> shift) << shift
+    elif mode == ODD:
+        res = ((mag >> shift) | np.int64((mag & low) != 0)) << shift
+    elif mode == SR:
+        # r + F >= 2**k  <=>  (r scaled to the discarded width) + rem >= 2**shift
+        k = np.int64(rand_bits)
+        rr = np.int64(r >> np.uint64(k - shift)) if k >= shift else np.int64(r) << (shift - k)
+        res = ((mag + rr) >> shift) << shift
+    else:
+        res = (mag >> shift) << shift
+    if res > max_bits:
+        return round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
+    return res | (a & sign_bit)
+
+
 @numba.njit(cache=True, parallel=True)
 def round_bits(
     src: np.ndarray,
@@ -179,58 +229,79 @@ def round_bits(
 ) -> None:
     """Round every element of ``src`` (uint view of float32/float64) into ``out`` (same view).
 
+    The mode is tested inside the element function; nearest-even, the hot path of every
+    emulated kernel, has loops of its own with the mode fixed (:func:`round_bits_rne`).
+
     Args:
         src: Source bit patterns (uint32 for float32, uint64 for float64).
         out: Destination bit patterns, same dtype and size as ``src``.
         rand: One random word per element for SR (``rand_bits`` low bits used); else unused.
         sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits: as for :func:`round_one`.
     """
-    width = se + sm + 1
-    sign_bit = np.int64(1) << (width - 1)
-    mag_mask = sign_bit - 1
-    inf_bits = ((np.int64(1) << se) - 1) << sm
-    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
-    shift = sm - tm
-    general_only = shift <= 0 or (flags & F_SIGNED) == 0
-    low = (np.int64(1) << shift) - 1 if shift > 0 else np.int64(0)
-    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
-    if mode == RNE:
-        _loop_rne(src, out, sm, se, sb, tm, temin, max_bits, flags, general_only)
-        return
     rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
     if rand_bits < 64:
         rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
-    k = np.int64(rand_bits)
     for i in numba.prange(src.size):
-        a = np.int64(src[i])
         r = np.uint64(rand[i]) & rmask if mode == SR else np.uint64(0)
-        mag = a & mag_mask
-        if general_only or mag < normal_bits or mag >= inf_bits:
-            out[i] = round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
-            continue
-        negi = (a >> (width - 1)) & 1
-        if mode == RNA:
-            res = ((mag + half) >> shift) << shift
-        elif mode == RUP:
-            res = ((mag + low * (1 - negi)) >> shift) << shift
-        elif mode == RDN:
-            res = ((mag + low * negi) >> shift) << shift
-        elif mode == ODD:
-            res = ((mag >> shift) | np.int64((mag & low) != 0)) << shift
-        elif mode == SR:
-            # r + F >= 2**k  <=>  (r scaled to the discarded width) + rem >= 2**shift
-            rr = np.int64(r >> np.uint64(k - shift)) if k >= shift else np.int64(r) << (shift - k)
-            res = ((mag + rr) >> shift) << shift
-        else:
-            res = (mag >> shift) << shift
-        if res > max_bits:
-            out[i] = round_one(a, r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits)
-        else:
-            out[i] = res | (a & sign_bit)
+        out[i] = _fast_any(
+            np.int64(src[i]), r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits
+        )
+
+
+@numba.njit(cache=True)
+def round_bits_serial(
+    src: np.ndarray,
+    out: np.ndarray,
+    rand: np.ndarray,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+    rand_bits: int,
+) -> None:
+    """:func:`round_bits` on one thread, for small arrays (no thread start-up per call)."""
+    rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    if rand_bits < 64:
+        rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
+    for i in range(src.size):
+        r = np.uint64(rand[i]) & rmask if mode == SR else np.uint64(0)
+        out[i] = _fast_any(
+            np.int64(src[i]), r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits
+        )
+
+
+@numba.njit(cache=True, inline="always")
+def _rne_elem(
+    a: np.int64,
+    shift: int,
+    sign_bit: np.int64,
+    normal_bits: np.int64,
+    inf_bits: np.int64,
+    general: bool,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+) -> np.int64:
+    """One element in nearest-even, with the loop's constants precomputed by the caller."""
+    mag = a & (sign_bit - 1)
+    if general or mag < normal_bits or mag >= inf_bits:
+        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+    res = ((mag + ((np.int64(1) << (shift - 1)) - 1) + ((mag >> shift) & 1)) >> shift) << shift
+    if res > max_bits:
+        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+    return res | (a & sign_bit)
 
 
 @numba.njit(cache=True, parallel=True)
-def _loop_rne(
+def round_bits_rne(
     src: np.ndarray,
     out: np.ndarray,
     sm: int,
@@ -240,24 +311,62 @@ def _loop_rne(
     temin: int,
     max_bits: int,
     flags: int,
-    general_only: bool,
 ) -> None:
-    """:func:`round_bits` for nearest-even, the hot path of every emulated kernel: no mode test."""
-    width = se + sm + 1
-    sign_bit = np.int64(1) << (width - 1)
-    mag_mask = sign_bit - 1
+    """:func:`round_bits` for nearest-even, with the mode fixed and the constants hoisted."""
+    sign_bit = np.int64(1) << (se + sm)
     inf_bits = ((np.int64(1) << se) - 1) << sm
     normal_bits = _pow2_bits(np.int64(temin), sm, sb)
     shift = sm - tm
-    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    general = shift <= 0 or (flags & F_SIGNED) == 0
     for i in numba.prange(src.size):
-        a = np.int64(src[i])
-        mag = a & mag_mask
-        if general_only or mag < normal_bits or mag >= inf_bits:
-            out[i] = round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
-            continue
-        res = ((mag + half - 1 + ((mag >> shift) & 1)) >> shift) << shift
-        if res > max_bits:
-            out[i] = round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
-        else:
-            out[i] = res | (a & sign_bit)
+        out[i] = _rne_elem(
+            np.int64(src[i]),
+            shift,
+            sign_bit,
+            normal_bits,
+            inf_bits,
+            general,
+            sm,
+            se,
+            sb,
+            tm,
+            temin,
+            max_bits,
+            flags,
+        )
+
+
+@numba.njit(cache=True)
+def round_bits_rne_serial(
+    src: np.ndarray,
+    out: np.ndarray,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+) -> None:
+    """:func:`round_bits_rne` on one thread, for small arrays."""
+    sign_bit = np.int64(1) << (se + sm)
+    inf_bits = ((np.int64(1) << se) - 1) << sm
+    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
+    shift = sm - tm
+    general = shift <= 0 or (flags & F_SIGNED) == 0
+    for i in range(src.size):
+        out[i] = _rne_elem(
+            np.int64(src[i]),
+            shift,
+            sign_bit,
+            normal_bits,
+            inf_bits,
+            general,
+            sm,
+            se,
+            sb,
+            tm,
+            temin,
+            max_bits,
+            flags,
+        )

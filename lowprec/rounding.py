@@ -96,6 +96,8 @@ _MODE_ALIASES = {
     "stochastic": "sr",
 }
 
+_PARALLEL_MIN = 1 << 16
+
 _MODE_CODE = {
     Rounding.NEAREST_EVEN: _k.RNE,
     Rounding.NEAREST_AWAY: _k.RNA,
@@ -254,6 +256,7 @@ def round_to(
         wide = round_to(wide64, fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits)
         return np.asarray(wide).astype(arr.dtype) if arr.ndim else arr.dtype.type(wide)
     src = np.ascontiguousarray(arr).reshape(-1)
+    max_bits = int(np.array(fmt.max, dtype=arr.dtype).view(view))
     out = np.empty_like(src)
     if mode is Rounding.STOCHASTIC:
         assert rng is not None
@@ -262,20 +265,15 @@ def round_to(
     else:
         bits = 64
         rand = np.empty(0, dtype=np.uint64)
-    _k.round_bits(
-        src.view(view),
-        out.view(view),
-        rand,
-        cm,
-        ce,
-        cb,
-        fmt.man_bits,
-        fmt.emin,
-        int(np.array(fmt.max, dtype=arr.dtype).view(view)),
-        _flags(fmt, saturate),
-        _MODE_CODE[mode],
-        bits,
-    )
+    # Below this size a parallel loop costs more in thread wake-up than it saves.
+    parallel = src.size >= _PARALLEL_MIN
+    args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, _flags(fmt, saturate))
+    if mode is Rounding.NEAREST_EVEN:
+        kernel = _k.round_bits_rne if parallel else _k.round_bits_rne_serial
+        kernel(src.view(view), out.view(view), *args)
+    else:
+        kernel = _k.round_bits if parallel else _k.round_bits_serial
+        kernel(src.view(view), out.view(view), rand, *args, _MODE_CODE[mode], bits)
     res = out.reshape(arr.shape)
     return res if res.ndim else res[()]
 
