@@ -269,11 +269,11 @@ def round_to(
     parallel = src.size >= _PARALLEL_MIN
     args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, _flags(fmt, saturate))
     if mode is Rounding.NEAREST_EVEN:
-        kernel = _k.round_bits_rne if parallel else _k.round_bits_rne_serial
-        kernel(src.view(view), out.view(view), *args)
+        rne = _k.round_bits_rne if parallel else _k.round_bits_rne_serial
+        rne(src.view(view), out.view(view), *args)
     else:
-        kernel = _k.round_bits if parallel else _k.round_bits_serial
-        kernel(src.view(view), out.view(view), rand, *args, _MODE_CODE[mode], bits)
+        anymode = _k.round_bits if parallel else _k.round_bits_serial
+        anymode(src.view(view), out.view(view), rand, *args, _MODE_CODE[mode], bits)
     res = out.reshape(arr.shape)
     return res if res.ndim else res[()]
 
