@@ -1,5 +1,6 @@
 """lowprec: bit-exact low-precision numerics for ML training, measured against fp64 and hardware."""
 
+from lowprec.accum import matmul
 from lowprec.errors import LowprecError
 from lowprec.formats import Format, NanEncoding, format_names, get_format
 from lowprec.rounding import Rounding, decode, encode, next_down, next_up, round_to, ulp
@@ -15,6 +16,7 @@ __all__ = [
     "encode",
     "format_names",
     "get_format",
+    "matmul",
     "next_down",
     "next_up",
     "round_to",

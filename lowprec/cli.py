@@ -71,7 +71,13 @@ def _cmd_round(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "lowprec.report",
+    "lowprec.gate",
+    "lowprec.capture",
+    "lowprec.compare",
+    "lowprec.hwcheck",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""The compiled loop behind :class:`lowprec.accum.tensorcore.TensorCore`.
+
+An input x of the input format has the exponent ``e = max(floor(log2|x|), emin)``; a product of
+two inputs has significand in [0, 4) at exponent ``e_a + e_b`` (not renormalised) and is exact
+in float64. Per block of ``n`` products and the running addend c, the reference exponent is
+``E = max(max over nonzero products of e_a + e_b, exponent of c)``, where a zero product or a zero
+c counts at the fixed exponent ``zero_exp`` (MMA-Sim's e_zero, arXiv 2511.10909); each
+term is truncated toward zero to a multiple of ``2**(E - F)`` (``trunc(t * 2**(F - E))``, exact in
+float64: |term| < 2**(F + 2), so with at most 2**16 terms every partial sum is an exact integer);
+the block value ``S * 2**(E - F)`` is rounded once into the accumulator format (toward zero or
+to nearest-even, with IEEE 754 subnormals and overflow); it becomes c for the next block.
+
+A row or column holding inf/NaN takes the IEEE rule on the exact products and c (NaN if any
+term is NaN, or 0 * inf, or +inf meets -inf; else the infinity), as the published models do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+ZERO_EXP = -(1 << 20)  # exponent stored for zero inputs: never the maximum
+
+
+@numba.njit(cache=True)
+def _special(a: np.ndarray, b: np.ndarray, c: float) -> float:
+    """IEEE value of sum_k a[k]*b[k] + c when some term is inf or NaN."""
+    pos = c == np.inf
+    neg = c == -np.inf
+    if math.isnan(c):
+        return np.nan
+    for k in range(a.size):
+        p = a[k] * b[k]
+        if math.isnan(p):
+            return np.nan
+        if p == np.inf:
+            pos = True
+        elif p == -np.inf:
+            neg = True
+    if pos and neg:
+        return np.nan
+    if pos:
+        return np.inf
+    if neg:
+        return -np.inf
+    return np.nan
+
+
+@numba.njit(cache=True, inline="always")
+def _round_bits(bits: np.int64, v: float, tm: int, temin: int, nearest: bool) -> np.int64:
+    """Bit pattern of the normal float64 ``v`` (or zero) rounded to ``tm`` fraction bits.
+
+    The exponent is floored at ``temin`` (subnormals of the target); toward zero or to
+    nearest-even, on the bit pattern: the carry of rounding up moves into the exponent by itself.
+    """
+    sign = bits & np.int64(-0x8000000000000000)
+    mag = bits ^ sign
+    if mag == 0:
+        return np.int64(0)
+    e = (mag >> 52) - 1023
+    sh = 52 - tm + max(np.int64(0), temin - e)
+    if sh > 52:  # below the smallest subnormal's quantum: 0, or the quantum itself
+        q = (np.int64(temin - tm) + 1023) << 52
+        up = nearest and abs(v) > math.ldexp(1.0, temin - tm - 1)
+        return (q if up else np.int64(0)) | sign
+    if nearest:
+        mag = mag + (np.int64(1) << (sh - 1)) - 1 + ((mag >> sh) & 1)
+    return ((mag >> sh) << sh) | sign
+
+
+@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def tc_matmul(
+    ea: np.ndarray,
+    eb: np.ndarray,
+    c0: np.ndarray,
+    bad_a: np.ndarray,
+    bad_b: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    block: int,
+    frac_bits: int,
+    zero_exp: int,
+    cemin: int,
+    tm: int,
+    temin: int,
+    vmax: float,
+    nearest: bool,
+) -> None:
+    """Chained block fused dot products for every output element.
+
+    Each output row is processed block by block with the inner loops running over the row's N
+    elements, so that they vectorise. Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is
+    an integer below 2**(F + 2) held exactly in float64 (a_k * b_k has at most 24 significant
+    bits, scaling by a power of two is exact, trunc is exact), and every partial sum is an
+    integer below 2**53, so any summation order (``reassoc``) gives the same exact sum.
+
+    Args:
+        ea, eb: (B, M, K), (B, K, N) int32 exponents ``max(floor(log2|x|), emin)`` of a and b
+            (``ZERO_EXP`` for zeros and non-finite entries).
+        c0: (B, M, N) float64 initial addend, representable in the output format.
+        bad_a, bad_b: (B, M) and (B, N) bool: rows of a / columns of b holding inf or NaN.
+        a, b: (B, M, K), (B, K, N) float64 inputs.
+        out: (B, M, N) float64 result.
+        block: Products per fused block.
+        frac_bits: F, bits kept below the reference exponent.
+        zero_exp: Exponent a zero term (a zero product, or c = 0) counts with in the maximum.
+        cemin: Smallest exponent of c (the accumulator's emin: its subnormals count there).
+        tm, temin, vmax: Accumulator format: fraction bits, minimum exponent, largest value.
+        nearest: Round the block result to nearest-even (else toward zero).
+    """
+    nb, m, k = ea.shape
+    n = eb.shape[2]
+    nblocks = (k + block - 1) // block
+    zero_lim = ZERO_EXP // 2
+    for row in numba.prange(nb * m):
+        bi = row // m
+        i = row - bi * m
+        ai = a[bi, i]
+        eai = ea[bi, i]
+        acc = c0[bi, i].copy()
+        emax = np.empty(n, np.int64)
+        zmin = np.empty(n, np.int64)
+        eref = np.empty(n, np.int64)
+        scale = np.empty(n, np.float64)
+        scale_bits = scale.view(np.int64)
+        vals = np.empty(n, np.float64)
+        vals_bits = vals.view(np.int64)
+        total = np.empty(n, np.float64)
+        live = np.empty(n, np.bool_)
+        for j in range(n):
+            live[j] = not (bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(acc[j]))
+        for blk in range(nblocks):
+            k0 = blk * block
+            k1 = min(k0 + block, k)
+            emax[:] = ZERO_EXP
+            zmin[:] = 0
+            for kk in range(k0, k1):
+                e_a = np.int64(eai[kk])
+                ebk = eb[bi, kk]
+                for j in range(n):
+                    e = e_a + ebk[j]
+                    emax[j] = max(emax[j], e)
+                    zmin[j] = min(zmin[j], e)
+            for j in range(n):
+                cj = acc[j]
+                has_c = cj != 0.0 and live[j]
+                er = emax[j]
+                if has_c:
+                    _, e2 = math.frexp(cj)
+                    er = max(er, max(np.int64(e2) - 1, np.int64(cemin)))
+                if (zmin[j] <= zero_lim or not has_c) and er < zero_exp:
+                    er = np.int64(zero_exp)
+                if er <= zero_lim:
+                    er = np.int64(frac_bits)  # nothing but zeros: the sum is 0 at any scale
+                eref[j] = er
+                scale_bits[j] = (np.int64(frac_bits) - er + 1023) << 52
+                total[j] = np.trunc(cj * scale[j]) if has_c else 0.0
+            for kk in range(k0, k1):
+                av = ai[kk]
+                bk = b[bi, kk]
+                for j in range(n):
+                    total[j] += np.trunc(av * bk[j] * scale[j])
+            for j in range(n):
+                scale_bits[j] = (eref[j] - frac_bits + 1023) << 52
+                vals[j] = total[j] * scale[j]
+            for j in range(n):
+                if live[j]:
+                    vals_bits[j] = _round_bits(vals_bits[j], vals[j], tm, temin, nearest)
+                    r = vals[j]
+                    if abs(r) > vmax:  # overflow: inf in both modes, as in both published models
+                        r = math.copysign(np.inf, r)
+                        live[j] = False
+                    acc[j] = r
+        for j in range(n):
+            if bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(c0[bi, i, j]):
+                out[bi, i, j] = _special(ai, b[bi, :, j], c0[bi, i, j])
+            else:
+                out[bi, i, j] = acc[j]

@@ -1,0 +1,633 @@
+"""Accumulation models for dot products and matrix products, and the ``matmul`` that runs them.
+
+Most of a kernel's numerical error is decided by how its dot products accumulate. Each model here
+is a frozen dataclass that says exactly how ``d = sum_k a_k * b_k + c`` is formed; :func:`matmul`
+runs any of them over whole (batched) matrices:
+
+- :class:`Exact`: the exact sum, rounded once to float64 (nearest-even).
+- :class:`RoundOnce`: the exact sum, rounded once into ``fmt``: the ideal fp32 accumulator.
+- :class:`Sequential`: ``acc = round(acc + a_k*b_k)`` for k = 0, 1, ...: a fused multiply-add
+  loop (the product is not rounded on its own).
+- :class:`Pairwise`: products rounded into ``fmt``, then summed along a binary tree, each
+  addition rounded.
+- :class:`Chunked`: an inner model within chunks of ``n`` products, each chunk's result added
+  into an ``fmt`` accumulator with one rounding (DeepSeek-V3's FP8 GEMM, arXiv 2412.19437 §3.3.2:
+  tensor-core partial sums promoted to fp32 CUDA-core registers every N_C = 128 elements).
+- :class:`lowprec.accum.tensorcore.TensorCore`: the fused multi-term adders of NVIDIA matrix units.
+
+Inputs are taken as exact float64 values (the caller has rounded them into the input format).
+
+How :class:`RoundOnce` is exact and fast. With ``s = fl(a @ b + c)`` from float64 BLAS and
+``t = fl(|a| @ |b| + |c|)``, the standard bound for a dot product summed in any order, FMA or not
+(Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §3.1, eq. 3.5), gives for the
+exact ``x = sum_k a_k b_k + c`` of K+1 terms, with u = 2**-53 and gamma_n = n*u/(1 - n*u):
+``|s - x| <= gamma_{K+1} * T`` where ``T = sum |a_k b_k| + |c|``, provided no product underflows;
+``t >= (1 - gamma_{K+1}) * T`` bounds T from the computed t. So
+``E = 2*(K+2)*u * t >= gamma_{K+1} * T`` (for K*u < 1/8, with room for the rounding of E itself)
+and ``x`` lies in ``[s - E, s + E]``. Rounding into ``fmt`` is monotone in every mode but
+stochastic, so when both ends of the (outward-rounded) interval round to the same value, that is
+the rounding of ``x``. Only elements whose interval straddles a rounding boundary of ``fmt`` (a
+midpoint for nearest modes) are recomputed exactly, in integer arithmetic, and rounded by the
+specification :func:`lowprec.reference.round_fraction`. With float64 BLAS and an fp32 target the
+interval is ~2**-40 of the value wide, so a random element needs the exact path with probability
+~2**-16; adversarial ties take it always and come out right. If some product could underflow
+float64 (inputs below ~2**-511), ``E`` gains ``4*(K+1)*2**-1074`` to cover the absolute errors.
+
+:class:`Exact` cannot use that interval (any interval straddles a float64 boundary), so it makes
+the matrix product itself error-free: Ozaki et al.'s splitting (Ozaki, Ogita, Oishi, Rump,
+Numer. Algorithms 59 (2012) 95-118) cuts each row of ``a`` and each column of ``b`` into slices
+of at most ``53 - rho`` bits on a common grid, ``rho = ceil((53 + log2 K) / 2)``, so that every
+slice product ``A_i @ B_j`` is computed exactly by float64 BLAS. The few exact slice products are
+summed with TwoSum (Knuth) into ``H + D`` plus a bounded remainder; ``H = RN64(x)`` whenever the
+residual stays inside the half gap on its side, and the rest (ties and near-ties) again take the
+exact integer path.
+
+Special values follow IEEE 754 for the exact sum: NaN if any term is NaN or 0 * inf or both
++inf and -inf occur; otherwise +-inf if an infinite term occurs. An exact zero sum is +0 (the
+accumulator of every modelled unit starts at +0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from lowprec.errors import ConfigError, LowprecError, ShapeError
+from lowprec.formats import Format, fp64, get_format
+from lowprec.reference import round_fraction
+from lowprec.rounding import Rounding, as_carrier, round_to
+
+F64 = NDArray[np.float64]
+
+_U = 2.0**-53  # unit roundoff of float64
+_ETA = 2.0**-1074  # smallest positive float64
+
+
+@runtime_checkable
+class AccumModel(Protocol):
+    """What :func:`matmul` needs from an accumulation model."""
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64: ...
+
+
+# ---- shared helpers ------------------------------------------------------------------------
+
+
+def _fmt_field(obj: Any, name: str) -> None:
+    """Normalise a dataclass field holding a format name or Format into a Format."""
+    object.__setattr__(obj, name, get_format(getattr(obj, name)))
+
+
+def _mode_field(obj: Any, name: str) -> None:
+    mode = Rounding.parse(getattr(obj, name))
+    if mode is Rounding.STOCHASTIC:
+        raise ConfigError(
+            f"{type(obj).__name__}: mode {mode.value!r} is not supported; expected a "
+            "deterministic rounding mode (rne, rna, rtz, up, down, odd)"
+        )
+    object.__setattr__(obj, name, mode)
+
+
+def _is_fp64(fmt: Format) -> bool:
+    return fmt.man_bits == 52 and fmt.emin == fp64.emin and fmt.emax == fp64.emax
+
+
+def two_sum(x: F64, y: F64) -> tuple[F64, F64]:
+    """Knuth's TwoSum: ``s = fl(x + y)`` and the exact error ``e`` with ``x + y = s + e``.
+
+    Exact for finite x, y whenever ``x + y`` does not overflow (TAOCP vol. 2, §4.2.2).
+    """
+    s = x + y
+    bb = s - x
+    e = (x - (s - bb)) + (y - bb)
+    return s, e
+
+
+def round_odd64(s: F64, e: F64) -> F64:
+    """The float64 value of ``s + e`` rounded to odd, given ``s = fl(s + e)``, ``|e| <= ulp/2``.
+
+    Rounding to odd in 53 bits and then into any format with at most 51 fraction bits gives the
+    same result as rounding ``s + e`` directly, in every mode (Boldo & Melquiond, "Emulation of
+    FMA and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 57(4) 2008).
+    """
+    with np.errstate(invalid="ignore"):
+        inexact = (e != 0) & np.isfinite(s)
+    odd = (np.abs(s).view(np.int64) & 1) == 1
+    step = np.nextafter(s, np.where(e > 0, np.inf, -np.inf))
+    return np.where(inexact & ~odd, step, s)
+
+
+def add_round(x: F64, y: F64, fmt: Format, mode: Rounding = Rounding.NEAREST_EVEN) -> F64:
+    """``x + y`` correctly rounded into ``fmt`` (x, y exact float64; no double rounding).
+
+    Raises:
+        LowprecError: For ``fmt`` = fp64 with a mode other than nearest-even.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        s, e = two_sum(x, y)
+    if _is_fp64(fmt):
+        if mode is not Rounding.NEAREST_EVEN:
+            raise LowprecError(f"fp64 accumulation supports mode 'rne' only, got {mode.value!r}")
+        return s
+    return np.asarray(round_to(round_odd64(s, e), fmt, mode), dtype=np.float64)
+
+
+def _exact_products_check(x: F64, who: str) -> None:
+    """Require values whose pairwise products float64 holds exactly (<= 26 significant bits)."""
+    fin = x[np.isfinite(x) & (x != 0)]
+    if fin.size == 0:
+        return
+    if np.any(fin.view(np.uint64) & np.uint64((1 << 27) - 1)):
+        raise LowprecError(
+            f"{who}: inputs with more than 26 significant bits; expected values of a format "
+            "of at most 26 bits (fp32, tf32, bf16, fp16, fp8 ...) so that products are exact"
+        )
+    lo = float(np.min(np.abs(fin)))
+    hi = float(np.max(np.abs(fin)))
+    if lo < 2.0**-511 or hi > 2.0**511:
+        raise LowprecError(
+            f"{who}: input magnitude {lo if lo < 2.0**-511 else hi!r} outside [2**-511, 2**511]; "
+            "products would not be exact in float64"
+        )
+
+
+def _exact_fraction(av: F64, bv: F64, c: float | None) -> Fraction:
+    """sum_k av[k]*bv[k] (+ c) exactly, for finite float64 vectors: the scalar specification."""
+    fa, ea = np.frexp(av)
+    fb, eb = np.frexp(bv)
+    ma = (fa * 2.0**53).astype(np.int64)
+    mb = (fb * 2.0**53).astype(np.int64)
+    terms = [
+        (int(x) * int(y), int(p) + int(q) - 106) for x, y, p, q in zip(ma, mb, ea, eb, strict=True)
+    ]
+    if c is not None and c != 0:
+        fc, ec = math.frexp(c)
+        terms.append((int(fc * 2.0**53), ec - 53))
+    terms = [t for t in terms if t[0] != 0]
+    if not terms:
+        return Fraction(0)
+    emin = min(e for _, e in terms)
+    total = sum(m << (e - emin) for m, e in terms)
+    return Fraction(total) * Fraction(2) ** emin
+
+
+def _ieee_special(prods: F64, c: float | None) -> float:
+    """IEEE 754 value of a sum whose terms include inf or NaN."""
+    terms = prods if c is None else np.append(prods, c)
+    if np.any(np.isnan(terms)):
+        return math.nan
+    pos = bool(np.any(terms == np.inf))
+    neg = bool(np.any(terms == -np.inf))
+    if pos and neg:
+        return math.nan
+    return math.inf if pos else -math.inf
+
+
+def _broadcast(a: F64, b: F64, c: F64 | None) -> tuple[F64, F64, F64 | None, tuple[int, ...]]:
+    """Broadcast the batch dimensions of a (..., M, K), b (..., K, N), c (..., M, N)."""
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    if c is not None:
+        try:
+            batch = np.broadcast_shapes(batch, c.shape[:-2] if c.ndim >= 2 else ())
+            c = np.broadcast_to(c, (*batch, m, n))
+        except ValueError:
+            raise ShapeError(
+                f"c has shape {c.shape}; expected one broadcastable to {(*batch, m, n)}"
+            ) from None
+    return (
+        np.broadcast_to(a, (*batch, m, k)),
+        np.broadcast_to(b, (*batch, k, n)),
+        c,
+        (*batch, m, n),
+    )
+
+
+def _fix_elements(
+    out: F64,
+    mask: NDArray[np.bool_],
+    a: F64,
+    b: F64,
+    c: F64 | None,
+    fmt: Format,
+    mode: Rounding,
+) -> None:
+    """Recompute ``out[mask]`` exactly (integer arithmetic), rounded by the specification."""
+    a, b, c, _ = _broadcast(a, b, c)
+    for idx in zip(*np.nonzero(mask), strict=False):
+        *bi, i, j = idx
+        av = a[(*bi, i, slice(None))]
+        bv = b[(*bi, slice(None), j)]
+        cv = None if c is None else float(c[idx])
+        with np.errstate(invalid="ignore", over="ignore"):
+            prods = av * bv
+        finite_in = np.all(np.isfinite(av)) and np.all(np.isfinite(bv))
+        if not finite_in or (cv is not None and not math.isfinite(cv)):
+            out[idx] = _ieee_special(prods, cv)
+            continue
+        out[idx] = round_fraction(_exact_fraction(av, bv, cv), fmt, mode)
+
+
+def _nonfinite_mask(a: F64, b: F64, c: F64 | None, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    """Output elements whose row of a, column of b or addend holds inf or NaN."""
+    bad_a = ~np.all(np.isfinite(a), axis=-1)  # (..., M)
+    bad_b = ~np.all(np.isfinite(b), axis=-2)  # (..., N)
+    bad = bad_a[..., :, None] | bad_b[..., None, :]
+    if c is not None:
+        bad = bad | ~np.isfinite(c)
+    return np.broadcast_to(bad, shape)
+
+
+def _may_underflow(a: F64, b: F64) -> bool:
+    """Whether some product of nonzero finite entries could fall below float64's normal range."""
+
+    def min_abs(x: F64) -> float:
+        ax = np.abs(x[np.isfinite(x)])
+        ax = ax[ax > 0]
+        return float(ax.min()) if ax.size else math.inf
+
+    return min_abs(a) * min_abs(b) < 2.0**-1021
+
+
+# ---- round once: the fast filter ------------------------------------------------------------
+
+
+def _lowbit_exp(x: F64) -> NDArray[np.int64]:
+    """Exponent of the least significant set bit of each finite nonzero x (else a large int)."""
+    bits = x.view(np.uint64)
+    ex = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
+    man = (bits & np.uint64((1 << 52) - 1)).astype(np.int64)
+    man = np.where(ex > 0, man | (1 << 52), man)
+    q = np.where(ex > 0, ex - 1075, -1074)
+    low = man & -man
+    _, e = np.frexp(low.astype(np.float64))
+    ok = np.isfinite(x) & (x != 0)
+    return np.where(ok, q + e.astype(np.int64) - 1, 1 << 20)
+
+
+def _sum_is_exact(a: F64, b: F64, c: F64 | None, t: F64) -> NDArray[np.bool_]:
+    """Elements where float64 computed ``a @ b + c`` without any rounding error.
+
+    Every product of row i and column j, and c, is a multiple of ``2**g`` with ``g`` the sum of
+    the lowest set bits of the row's and the column's entries (the lowest bit of c). If the
+    computed ``t = fl(|a| @ |b| + |c|)`` is below ``2**(53 + g)`` then so is the exact sum of
+    magnitudes (rounding is monotone and ``2**(53 + g)`` is a float64), so every product and
+    every partial sum, in any order, is a multiple of ``2**g`` below ``2**(53 + g)``: each is a
+    float64, no operation rounds, and ``fl(a @ b + c)`` is exact. Sums of bf16/fp16/fp8 products
+    are nearly always exact this way, including the ties that no error interval could settle.
+    """
+    ga = np.min(_lowbit_exp(a), axis=-1, initial=1 << 20)  # (..., M)
+    gb = np.min(_lowbit_exp(b), axis=-2, initial=1 << 20)  # (..., N)
+    g = ga[..., :, None] + gb[..., None, :]
+    if c is not None:
+        g = np.minimum(g, _lowbit_exp(np.ascontiguousarray(c)))
+    g = np.clip(g, -3000, 3000)
+    with np.errstate(over="ignore"):
+        return t < np.ldexp(1.0, (53 + g).astype(np.int32))
+
+
+def _estimate(a: F64, b: F64, c: F64 | None) -> tuple[F64, F64, NDArray[np.bool_], int]:
+    """``s = fl(a @ b + c)``, an error bound ``err`` and where s is exact; see module docstring."""
+    k = a.shape[-1]
+    if 8 * (k + 2) * _U > 1:
+        raise LowprecError(f"K = {k} is too long for the float64 error bound (expected < 2**49)")
+    with np.errstate(all="ignore"):
+        s = np.matmul(a, b)  # (..., M, N)
+        t = np.matmul(np.abs(a), np.abs(b))
+        if c is not None:
+            s = s + c
+            t = t + np.abs(c)
+        exact = _sum_is_exact(a, b, c, t)
+        err = (2.0 * (k + 2) * _U) * t
+        if _may_underflow(a, b):
+            err = err + 4.0 * (k + 1) * _ETA
+    return s, np.where(exact, 0.0, err), exact, k
+
+
+def _round_once(a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding) -> F64:
+    """The exact ``a @ b + c`` rounded once into ``fmt`` (not fp64): see the module docstring."""
+    s, err, exact, _ = _estimate(a, b, c)
+    with np.errstate(all="ignore"):
+        lo = np.where(exact, s, np.nextafter(s - err, -np.inf))
+        hi = np.where(exact, s, np.nextafter(s + err, np.inf))
+    bad = _nonfinite_mask(a, b, c, s.shape) | ~np.isfinite(lo) | ~np.isfinite(hi)
+    lo = np.where(bad, 0.0, lo)
+    hi = np.where(bad, 0.0, hi)
+    r_lo = np.asarray(round_to(lo, fmt, mode), dtype=np.float64)
+    r_hi = np.asarray(round_to(hi, fmt, mode), dtype=np.float64)
+    undecided = bad | (r_lo != r_hi) | (np.signbit(r_lo) != np.signbit(r_hi))
+    out = np.where(exact & (s == 0), 0.0, r_hi)
+    if np.any(undecided):
+        _fix_elements(out, undecided, a, b, c, fmt, mode)
+    return out
+
+
+# ---- exact: error-free matrix product ------------------------------------------------------
+
+
+def _split(x: F64, axis: int, rho: int, nmax: int) -> tuple[list[F64], F64]:
+    """Ozaki's error-free splitting of x into slices along ``axis`` (rows of a, columns of b).
+
+    Each slice holds, per row (column), values on the grid 2**(tau + rho - 52) with
+    2**tau >= max |x|; ``x = sum(slices) + rest`` exactly.
+    """
+    slices: list[F64] = []
+    rest = x
+    for _ in range(nmax):
+        mu = np.max(np.abs(rest), axis=axis, keepdims=True)
+        if not np.any(mu):
+            break
+        _, tau = np.frexp(mu)  # mu < 2**tau
+        sigma = np.ldexp(1.0, np.where(mu > 0, tau + rho, 0))
+        hi = (rest + sigma) - sigma
+        slices.append(hi)
+        rest = rest - hi
+    return slices, rest
+
+
+def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
+    """The exact ``a @ b + c`` rounded once to float64 (nearest-even)."""
+    k = max(a.shape[-1], 1)
+    a0, b0, c0 = a, b, c
+    shape = _broadcast(a, b, c)[3]
+    bad = _nonfinite_mask(a, b, c, shape)
+    if np.any(bad):
+        a = np.where(np.isfinite(a), a, 0.0)
+        b = np.where(np.isfinite(b), b, 0.0)
+        c = None if c is None else np.where(np.isfinite(c), c, 0.0)
+    s, _, exact, _ = _estimate(a, b, c)
+    exact &= ~bad
+    if np.all(exact):
+        return np.where(s == 0, 0.0, s)
+    big = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+    rho = math.ceil((53 + math.log2(k)) / 2)
+    if big >= 2.0 ** (1020 - rho):
+        raise LowprecError(
+            f"Exact: input magnitude {big!r} too large for the error-free splitting; "
+            f"expected values below 2**{1020 - rho}"
+        )
+    sa, ra = _split(a, -1, rho, 3)
+    sb, rb = _split(b, -2, rho, 3)
+    with np.errstate(all="ignore"):
+        terms: list[F64] = [np.matmul(x, y) for x in sa for y in sb]
+        if c is not None:
+            terms.append(np.broadcast_to(c, shape))
+        extra = np.zeros(shape)
+        if np.any(ra) or np.any(rb):
+            # omitted: ra @ b + (a - ra) @ rb, bounded by |ra| @ |b| + |a - ra| @ |rb|
+            rem = np.matmul(np.abs(ra), np.abs(b)) + np.matmul(np.abs(a - ra), np.abs(rb))
+            extra = extra + rem * (1 + 4 * (k + 2) * _U)
+        if _may_underflow(a, b):
+            extra = extra + 4.0 * (k + 1) * len(terms) * _ETA
+        h = np.zeros(shape)
+        lo = np.zeros(shape)
+        abs_e = np.zeros(shape)
+        for term in terms:
+            h, e = two_sum(h, term)
+            lo = lo + e
+            abs_e = abs_e + np.abs(e)
+        big_h, d = two_sum(h, lo)
+        delta = extra + (2.0 * (len(terms) + 2) * _U) * abs_e
+        gap_up = np.spacing(np.abs(big_h))
+        frac, _ = np.frexp(big_h)
+        below = np.where((np.abs(frac) == 0.5) & (np.abs(big_h) > 2.0**-1022), gap_up / 2, gap_up)
+        side = np.where(
+            d * big_h > 0, gap_up, np.where(d * big_h < 0, below, np.minimum(gap_up, below))
+        )
+        decided = ((np.abs(d) + delta) * (1 + 8 * _U) < side / 2) & (
+            delta < np.minimum(gap_up, below) / 2
+        )
+        decided &= np.isfinite(big_h)
+    undecided = (bad | ~decided) & ~exact
+    out = np.where(exact, s, big_h)
+    out = np.where(out == 0, 0.0, out)
+    if np.any(undecided):
+        _fix_elements(out, undecided, a0, b0, c0, fp64, Rounding.NEAREST_EVEN)
+    return out
+
+
+# ---- the models -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exact:
+    """The exact sum of products (and c), rounded once to float64 (nearest-even)."""
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        return _exact64(a, b, c)
+
+
+@dataclass(frozen=True)
+class RoundOnce:
+    """The exact sum of products (and c), rounded once into ``fmt``: the ideal accumulator.
+
+    Attributes:
+        fmt: Accumulator format (``fp64`` gives :class:`Exact`; then only ``rne``).
+        mode: Rounding mode of that one rounding.
+    """
+
+    fmt: Format | str
+    mode: Rounding | str = Rounding.NEAREST_EVEN
+
+    def __post_init__(self) -> None:
+        _fmt_field(self, "fmt")
+        _mode_field(self, "mode")
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        if _is_fp64(fmt):
+            if mode is not Rounding.NEAREST_EVEN:
+                raise LowprecError(f"RoundOnce(fp64) supports mode 'rne' only, got {mode.value!r}")
+            return _exact64(a, b, c)
+        return _round_once(a, b, c, fmt, mode)
+
+
+def _fmt(f: Format | str) -> Format:
+    return f if isinstance(f, Format) else get_format(f)
+
+
+def _mode(m: Rounding | str) -> Rounding:
+    return m if isinstance(m, Rounding) else Rounding.parse(m)
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c`` (or +0).
+
+    Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
+    once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does.
+
+    Attributes:
+        fmt: Accumulator format.
+        mode: Rounding mode of each step.
+    """
+
+    fmt: Format | str
+    mode: Rounding | str = Rounding.NEAREST_EVEN
+
+    def __post_init__(self) -> None:
+        _fmt_field(self, "fmt")
+        _mode_field(self, "mode")
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        _exact_products_check(a, "Sequential")
+        _exact_products_check(b, "Sequential")
+        _, _, c, shape = _broadcast(a, b, c)
+        acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for k in range(a.shape[-1]):
+                p = a[..., :, k : k + 1] * b[..., k : k + 1, :]  # (..., M, N), exact
+                acc = add_round(acc, p, fmt, mode)
+        return acc
+
+
+@dataclass(frozen=True)
+class Pairwise:
+    """Products rounded into ``fmt``, then summed along a binary tree, each addition rounded.
+
+    The tree is the one a binary counter builds: leaves are merged in consecutive blocks of
+    2, 4, 8, ...; when K is not a power of two the leftover blocks (sizes decreasing from the
+    left) are added from the smallest (rightmost) into the next larger. ``c`` is added last.
+    Memory stays at log2(K) partial sums.
+
+    Attributes:
+        fmt: Format of products and partial sums.
+        mode: Rounding mode of every operation.
+    """
+
+    fmt: Format | str
+    mode: Rounding | str = Rounding.NEAREST_EVEN
+
+    def __post_init__(self) -> None:
+        _fmt_field(self, "fmt")
+        _mode_field(self, "mode")
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        _exact_products_check(a, "Pairwise")
+        _exact_products_check(b, "Pairwise")
+        _, _, c, shape = _broadcast(a, b, c)
+        stack: list[tuple[int, F64]] = []
+        with np.errstate(invalid="ignore", over="ignore"):
+            for k in range(a.shape[-1]):
+                p = a[..., :, k : k + 1] * b[..., k : k + 1, :]  # (..., M, N), exact
+                node = (1, np.asarray(round_to(np.broadcast_to(p, shape), fmt, mode)))
+                while stack and stack[-1][0] == node[0]:
+                    size, left = stack.pop()
+                    node = (2 * size, add_round(left, node[1], fmt, mode))
+                stack.append(node)
+            total = stack.pop()[1] if stack else np.zeros(shape)
+            while stack:
+                total = add_round(stack.pop()[1], total, fmt, mode)
+            if c is not None:
+                total = add_round(total, c, fmt, mode)
+        return np.where(total == 0, 0.0, total) if c is None else total
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """``inner`` within chunks of ``n`` products; chunk results accumulated in ``fmt``.
+
+    ``acc = c`` (or +0); for each chunk, ``acc = round_fmt(acc + inner(chunk))``: the partial
+    result of the inner unit is promoted and added with one rounding. DeepSeek-V3's FP8 recipe
+    is ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
+
+    Attributes:
+        fmt: Format of the outer accumulator.
+        n: Chunk length along K (the last chunk may be shorter).
+        inner: Model for the products of one chunk (it starts from +0 in every chunk).
+        mode: Rounding mode of the outer additions.
+    """
+
+    fmt: Format | str
+    n: int
+    inner: Any
+    mode: Rounding | str = Rounding.NEAREST_EVEN
+
+    def __post_init__(self) -> None:
+        _fmt_field(self, "fmt")
+        _mode_field(self, "mode")
+        if not isinstance(self.n, int | np.integer) or int(self.n) < 1:
+            raise ConfigError(f"Chunked: n={self.n!r}; expected a positive integer chunk length")
+        if not isinstance(self.inner, AccumModel):
+            raise ConfigError(f"Chunked: inner={self.inner!r}; expected an accumulation model")
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        _, _, c, shape = _broadcast(a, b, c)
+        acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
+        n = int(self.n)
+        for k0 in range(0, a.shape[-1], n):
+            part = self.inner._matmul(a[..., k0 : k0 + n], b[..., k0 : k0 + n, :], None)
+            acc = add_round(acc, np.broadcast_to(part, shape), fmt, mode)
+        return acc
+
+
+# ---- matmul ---------------------------------------------------------------------------------
+
+
+def _as_matrix(x: ArrayLike, what: str) -> F64:
+    arr = np.asarray(as_carrier(x, what), dtype=np.float64)
+    if arr.ndim < 2:
+        raise ShapeError(
+            f"{what} has shape {arr.shape}; expected at least 2 dimensions (..., M, K)"
+        )
+    return arr
+
+
+def matmul(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    accum: Any,
+    out_fmt: Format | str | None = None,
+    c: ArrayLike | None = None,
+) -> F64:
+    """``a @ b + c`` with every dot product formed as ``accum`` says.
+
+    Args:
+        a: (..., M, K) values, taken exactly (round them into the input format first).
+        b: (..., K, N) values; leading dimensions broadcast against a's.
+        accum: Accumulation model (:class:`Exact`, :class:`RoundOnce`, :class:`Sequential`,
+            :class:`Pairwise`, :class:`Chunked`, :class:`lowprec.accum.tensorcore.TensorCore`).
+        out_fmt: If given, the model's result is rounded into it (nearest-even).
+        c: Optional addend, broadcastable to (..., M, N).
+
+    Returns:
+        float64 array (..., M, N).
+
+    Raises:
+        ShapeError: If the shapes do not fit together.
+        ConfigError: If ``accum`` is not an accumulation model.
+        LowprecError: Unknown ``out_fmt``, or inputs a model cannot take exactly.
+    """
+    if not isinstance(accum, AccumModel):
+        raise ConfigError(
+            f"accum={accum!r}; expected an accumulation model such as RoundOnce('fp32')"
+        )
+    am = _as_matrix(a, "a")
+    bm = _as_matrix(b, "b")
+    if am.shape[-1] != bm.shape[-2]:
+        raise ShapeError(
+            f"a has shape {am.shape} and b {bm.shape}: K = {am.shape[-1]} != {bm.shape[-2]}"
+        )
+    try:
+        np.broadcast_shapes(am.shape[:-2], bm.shape[:-2])
+    except ValueError:
+        raise ShapeError(
+            f"batch dimensions of a {am.shape} and b {bm.shape} do not broadcast"
+        ) from None
+    cm = None if c is None else np.asarray(as_carrier(c, "c"), dtype=np.float64)
+    if cm is not None:
+        _broadcast(am, bm, cm)
+    out = np.asarray(accum._matmul(am, bm, cm), dtype=np.float64)
+    if out_fmt is not None:
+        out = np.asarray(round_to(out, get_format(out_fmt)), dtype=np.float64)
+    return out

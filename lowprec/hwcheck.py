@@ -1,0 +1,261 @@
+"""``lowprec hw-check DIR``: hold the tensor-core presets against results recorded on real GPUs.
+
+DIR is either laid out as the model-validation vectors of Khattak & Mikaitis ("Accurate Models
+of NVIDIA Tensor Cores", ACM TACO, arXiv 2512.07004; ../shared/hw-vectors):
+``<GPU>/<fmt>/a_*.txt, b_*.txt, c_*_fp32.txt, d_*_fp32.txt[, d_*_fp16.txt]``, one test per line
+(a, b: K hex float32 bit patterns; c, d: 32 binary digits of a float32), or holds the compact
+``<GPU>_<fmt>.npz`` fixtures that ``tools/make_hw_fixture.py`` writes from it.
+
+For every GPU, input format and recorded output format it runs the matching preset
+(:func:`lowprec.accum.tensorcore.tensor_core_preset`, GPU read from the folder name) on every
+row and reports how many results it reproduces bit for bit and the worst mismatch in ulps of the
+output format. When a case is reproduced only with the addend taken as 0 it says so (the H100
+E4M3 recording did not apply its c file) and counts it as reproduced: the model is not bent.
+Exit status: 0 when every row of every case is reproduced, 1 otherwise (a GPU or format with
+no preset counts as a failure), 2 when DIR cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowprec.accum import matmul
+from lowprec.accum.tensorcore import tensor_core_preset
+from lowprec.errors import LowprecError
+from lowprec.formats import fp16, fp32, get_format
+from lowprec.rounding import ulp
+
+F64 = np.ndarray
+
+
+class HwReadError(LowprecError):
+    """A folder or file of recorded results that cannot be read."""
+
+
+@dataclass
+class Case:
+    """The recorded tests of one GPU and input format: float64 arrays, one row per test."""
+
+    gpu: str
+    fmt: str
+    arrays: dict[str, Any] = field(default_factory=dict)  # a (R, K), b (R, K), c, d_fp32, d_fp16
+
+
+@dataclass
+class Outcome:
+    """How one preset fared on one recorded output of a case."""
+
+    gpu: str
+    fmt: str
+    out: str
+    preset: str | None
+    rows: int
+    exact: int
+    exact_c0: int
+    worst_ulps: float
+    note: str
+
+    @property
+    def passed(self) -> bool:
+        """Every row reproduced (with the recorded c, or with c = 0 where it was not applied)."""
+        return (
+            self.preset is not None
+            and self.rows > 0
+            and (self.exact == self.rows or self.exact_c0 == self.rows)
+        )
+
+
+def _hex_rows(path: Path) -> Any:
+    try:
+        rows = [
+            [int(w, 16) for w in line.split()]
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+        return np.array(rows, dtype=np.uint64).astype(np.uint32).view(np.float32).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise HwReadError(f"cannot read {path}: {exc}; expected hex float32 bit patterns") from exc
+
+
+def _bin_rows(path: Path) -> Any:
+    try:
+        vals = [int(line.strip(), 2) for line in path.read_text().splitlines() if line.strip()]
+        return np.array(vals, dtype=np.uint64).astype(np.uint32).view(np.float32).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise HwReadError(f"cannot read {path}: {exc}; expected 32 binary digits per line") from exc
+
+
+def _one(folder: Path, pattern: str) -> Path | None:
+    hits = sorted(folder.glob(pattern))
+    return hits[0] if hits else None
+
+
+def read_case_dir(folder: Path) -> Case:
+    """One ``<GPU>/<fmt>`` folder of text files.
+
+    Raises:
+        HwReadError: If a, b, c or the fp32/fp16 results are missing or malformed.
+    """
+    case = Case(gpu=folder.parent.name, fmt=folder.name)
+    for key, pattern in (("a", "a_*.txt"), ("b", "b_*.txt"), ("c", "c_*.txt")):
+        p = _one(folder, pattern)
+        if p is None:
+            raise HwReadError(f"{folder}: no {pattern} file; expected a_*, b_*, c_*, d_* files")
+        case.arrays[key] = _hex_rows(p) if key != "c" else _bin_rows(p)
+    for out in ("fp32", "fp16"):
+        p = _one(folder, f"d_*_{out}.txt")
+        if p is not None:
+            case.arrays[f"d_{out}"] = _bin_rows(p)
+    _validate(case, str(folder))
+    return case
+
+
+def read_fixture(path: Path) -> Case:
+    """One ``<GPU>_<fmt>.npz`` fixture (uint32 float32 bit patterns).
+
+    Raises:
+        HwReadError: If the file cannot be read or lacks a, b, c.
+    """
+    gpu, _, fmt = path.stem.partition("_")
+    try:
+        with np.load(path) as z:
+            arrays = {
+                k: z[k].astype(np.uint32).view(np.float32).astype(np.float64) for k in z.files
+            }
+    except (OSError, ValueError) as exc:
+        raise HwReadError(f"cannot read {path}: {exc}") from exc
+    case = Case(gpu=gpu, fmt=fmt, arrays=arrays)
+    _validate(case, str(path))
+    return case
+
+
+def _validate(case: Case, where: str) -> None:
+    arr = case.arrays
+    if not {"a", "b", "c"} <= arr.keys() or not any(k.startswith("d_") for k in arr):
+        raise HwReadError(f"{where}: expected arrays a, b, c and d_fp32 and/or d_fp16")
+    rows = arr["a"].shape[0]
+    if arr["a"].ndim != 2 or arr["b"].shape != arr["a"].shape:
+        raise HwReadError(f"{where}: a {arr['a'].shape} and b {arr['b'].shape} must be (rows, K)")
+    for k, v in arr.items():
+        if v.shape[0] != rows:
+            raise HwReadError(f"{where}: {k} has {v.shape[0]} rows, a has {rows}")
+
+
+def load_cases(folder: Path) -> list[Case]:
+    """Every case under ``folder`` (fixtures if it holds ``*.npz``, else the text layout).
+
+    Raises:
+        HwReadError: If the folder does not exist or holds no case.
+    """
+    if not folder.is_dir():
+        raise HwReadError(f"{folder} is not a folder; expected <GPU>/<fmt>/ or *.npz fixtures")
+    fixtures = sorted(folder.glob("*.npz"))
+    if fixtures:
+        return [read_fixture(p) for p in fixtures]
+    dirs = sorted(p for p in folder.glob("*/*") if p.is_dir() and any(p.glob("a_*")))
+    if not dirs:
+        raise HwReadError(f"{folder} holds no <GPU>/<fmt>/a_* case and no *.npz fixture")
+    return [read_case_dir(p) for p in dirs]
+
+
+def _ulps(model: F64, recorded: F64, out_fmt: Any) -> float:
+    same = (model == recorded) | (np.isnan(model) & np.isnan(recorded))
+    if np.all(same):
+        return 0.0
+    finite = np.isfinite(model) & np.isfinite(recorded)
+    if np.any(~same & ~finite):
+        return float("inf")
+    diff = np.abs(model - recorded)[~same] / np.asarray(ulp(recorded[~same], out_fmt))
+    return float(np.max(diff))
+
+
+def check_case(case: Case) -> list[Outcome]:
+    """Run the matching preset on every recorded output of ``case``."""
+    outcomes = []
+    a, b, c = case.arrays["a"], case.arrays["b"], case.arrays["c"]
+    rows = a.shape[0]
+    for out_name, out_fmt in (("fp32", fp32), ("fp16", fp16)):
+        rec = case.arrays.get(f"d_{out_name}")
+        if rec is None:
+            continue
+        try:
+            tc = tensor_core_preset(case.gpu, get_format(case.fmt), out_fmt)
+        except LowprecError as exc:
+            outcomes.append(
+                Outcome(
+                    case.gpu,
+                    case.fmt,
+                    out_name,
+                    None,
+                    rows,
+                    0,
+                    0,
+                    float("inf"),
+                    f"no preset: {exc}",
+                )
+            )
+            continue
+        d = matmul(a[:, None, :], b[:, :, None], accum=tc, c=c[:, None, None])[:, 0, 0]
+        d0 = matmul(a[:, None, :], b[:, :, None], accum=tc)[:, 0, 0]
+        same = (d.view(np.uint64) == rec.view(np.uint64)) | (np.isnan(d) & np.isnan(rec))
+        same0 = (d0.view(np.uint64) == rec.view(np.uint64)) | (np.isnan(d0) & np.isnan(rec))
+        n, n0 = int(same.sum()), int(same0.sum())
+        note = ""
+        if n < rows and n0 == rows:
+            note = "reproduced only with c = 0: the recorded c was not applied in this recording"
+            worst = _ulps(d0, rec, out_fmt)
+        else:
+            worst = _ulps(d, rec, out_fmt)
+            if n < rows:
+                note = "MISMATCH"
+        outcomes.append(Outcome(case.gpu, case.fmt, out_name, tc.name, rows, n, n0, worst, note))
+    return outcomes
+
+
+def run(folder: Path) -> tuple[int, list[Outcome]]:
+    """Check every case under ``folder``; return the exit status and the outcomes.
+
+    Raises:
+        HwReadError: If the folder cannot be read.
+    """
+    outcomes = [o for case in load_cases(folder) for o in check_case(case)]
+    return (0 if outcomes and all(o.passed for o in outcomes) else 1), outcomes
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    try:
+        status, outcomes = run(Path(args.dir))
+    except HwReadError as exc:
+        print(f"lowprec hw-check: error: {exc}")
+        return 2
+    print(
+        f"{'GPU':6} {'input':6} {'out':5} {'preset':18} {'bit-exact':>15} {'c=0':>11} "
+        f"{'worst ulps':>10}  note"
+    )
+    for o in outcomes:
+        print(
+            f"{o.gpu:6} {o.fmt:6} {o.out:5} {o.preset or '-':18} "
+            f"{o.exact:>6}/{o.rows:<6} {100 * o.exact / max(o.rows, 1):5.1f}% "
+            f"{o.exact_c0:>5}/{o.rows:<5} {o.worst_ulps:10.4g}  {o.note}"
+        )
+    good = sum(o.passed for o in outcomes)
+    print(
+        f"{good}/{len(outcomes)} cases reproduced bit for bit: {'PASS' if status == 0 else 'FAIL'}"
+    )
+    return status
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``hw-check`` subcommand to the ``lowprec`` command line."""
+    p = subparsers.add_parser(
+        "hw-check", help="check tensor-core presets bit for bit against recorded GPU results"
+    )
+    p.add_argument(
+        "dir", help="folder laid out <GPU>/<fmt>/a_*,b_*,c_*,d_* or holding *.npz fixtures"
+    )
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,584 @@
+"""Attention under a precision policy: naive (the spec) and blocked (FlashAttention-2), both passes.
+
+Shapes: q (B, H, N, D); k (B, H_kv, M, D); v (B, H_kv, M, D_v), with H_kv dividing H (grouped-query
+attention: query head h reads key/value head h // (H / H_kv)). ``causal=True`` lets query i see
+key j <= i + M - N (FlashAttention-2's bottom-right alignment; top-left when N = M). Every kernel
+returns float64 arrays whose values are the emulated ones: representable in the format the
+policy names for that result.
+
+Every step rounds as :class:`lowprec.kernels.policy.AttentionPolicy` says, and only there:
+
+* elementwise steps are computed in float64 and rounded once into the step's format. For
+  operands of at most 24 significant bits a single +, -, *, / in float64 followed by that
+  rounding is the correctly rounded result (Figueroa, "When is double rounding innocuous?",
+  SIGNUM 1995: 53 >= 2*24 + 2); the exponential is float64's ``exp`` rounded once (faithful,
+  off the correctly rounded value only when float64 lands within an ulp of a midpoint; GPUs use
+  the approximate ``ex2.approx`` anyway), and FlashAttention-2's FMA ``S*c - m*c`` is formed in
+  float64, exact whenever the two terms' exponents differ by less than 6;
+* matrix products go through :func:`lowprec.accum.matmul` with the step's accumulation model.
+
+The blocked kernel never materialises the N x M matrices S and P: it visits one key block at a
+time, all query rows at once (FlashAttention-2 splits the query rows across thread blocks; rows
+are independent, so doing them together changes nothing). Its result differs from the naive one
+only where it rounds differently: the running O is rescaled and rounded once per key block, l is
+summed per block, and with the dynamic maximum the ties are counted per block (as Qiu & Yao's
+code does). With ``block_k >= M`` it equals the naive kernel with ``normalize="output"`` bit for
+bit. The last key block is ragged when ``block_k`` does not divide M (FlashAttention-2 masks the
+tail of its last block the same way); nothing is padded.
+
+FP8 scaling (``input_scaling``): q, k, v are quantised with :mod:`lowprec.scaling` and the
+kernels work on the exactly dequantised values (an e4m3 value times an fp32 scale is exact in
+float64). The descale is thus folded into the operands of the products instead of being applied
+to their fp32 results: a difference of one fp32 rounding of the scaled product, far below e4m3's
+error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
+from lowprec.errors import ConfigError, LowprecError, ShapeError
+from lowprec.formats import Format, fp64, get_format
+from lowprec.kernels.policy import AttentionPolicy
+from lowprec.rounding import Rounding, as_carrier, round_to
+from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
+
+F64 = NDArray[np.float64]
+
+_LOG2E = 1.0 / math.log(2.0)
+_EXACT = Exact()
+
+
+class AttentionGrads(NamedTuple):
+    """Gradients of the backward pass, and its intermediate D.
+
+    Attributes:
+        dq: (B, H, N, D).
+        dk: (B, H_kv, M, D): summed over the query heads sharing each key head.
+        dv: (B, H_kv, M, D_v).
+        delta: (B, H, N): D = rowsum(dO * O) (or rowsum(dP * P)), as the policy computes it.
+    """
+
+    dq: F64
+    dk: F64
+    dv: F64
+    delta: F64
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+
+
+def _is_exact(fmt: Format) -> bool:
+    return fmt.man_bits == fp64.man_bits and fmt.emin == fp64.emin
+
+
+def _r(
+    x: Any,
+    fmt: Format,
+    mode: Rounding = Rounding.NEAREST_EVEN,
+    rng: np.random.Generator | None = None,
+) -> F64:
+    """``x`` rounded into ``fmt`` (a no-op for fp64 with nearest-even)."""
+    if _is_exact(fmt) and mode is Rounding.NEAREST_EVEN:
+        return np.asarray(x, dtype=np.float64)
+    return np.asarray(round_to(x, fmt, mode, rng=rng), dtype=np.float64)
+
+
+def _r_acc(x: F64, model: Any, fmt: Format) -> F64:
+    """A product's result rounded into ``fmt``, skipping the pass when the model's accumulator
+    already holds values of ``fmt`` (its results are then representable: rounding is a no-op)."""
+    if (
+        isinstance(model, RoundOnce | Sequential | Pairwise | Chunked)
+        and get_format(model.fmt) == fmt
+    ):
+        return x
+    return _r(x, fmt)
+
+
+def _fmt(policy: AttentionPolicy, step: str) -> Format:
+    return policy.fmt(step)
+
+
+def _array4(x: ArrayLike, what: str) -> F64:
+    arr = np.asarray(as_carrier(x, what), dtype=np.float64)
+    if arr.ndim != 4:
+        raise ShapeError(f"{what} has shape {arr.shape}; expected 4 dimensions (B, H, N, D)")
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise LowprecError(
+            f"{what} holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s), the first "
+            f"{arr[tuple(bad)]!r} at {tuple(int(i) for i in bad)}; expected finite inputs"
+        )
+    return arr
+
+
+def _check_shapes(q: F64, k: F64, v: F64, causal: bool) -> None:
+    b, h, n, d = q.shape
+    bk, hk, m, dk = k.shape
+    if (bk, hk, m) != v.shape[:3]:
+        raise ShapeError(f"k has shape {k.shape} and v {v.shape}; expected equal (B, H_kv, M)")
+    if bk != b:
+        raise ShapeError(f"q has batch {b} and k batch {bk}; expected equal")
+    if dk != d:
+        raise ShapeError(f"q has head dimension {d} and k {dk}; expected equal")
+    if hk < 1 or h % hk:
+        raise ShapeError(f"q has {h} heads and k {hk}; expected a number of kv heads dividing {h}")
+    if min(n, m, d, v.shape[3]) < 1:
+        raise ShapeError(f"empty attention: q {q.shape}, k {k.shape}, v {v.shape}")
+    if causal and n > m:
+        raise ShapeError(
+            f"causal attention with {n} queries and {m} keys: the first {n - m} query rows would "
+            "see no key (bottom-right alignment); expected N <= M"
+        )
+
+
+def _scale_of(scale: float | None, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"scale={scale!r}; expected a positive finite number")
+    return float(scale)
+
+
+def _check_block(name: str, value: int) -> int:
+    if not isinstance(value, int | np.integer) or int(value) < 1:
+        raise ConfigError(f"{name}={value!r}; expected a positive integer")
+    return int(value)
+
+
+def _group(q: F64, hk: int) -> F64:
+    """(B, H, N, D) -> (B, H_kv, G*N, D): the G query heads of each kv head stacked as rows."""
+    b, h, n, d = q.shape
+    return q.reshape(b, hk, (h // hk) * n, d)
+
+
+def _ungroup(x: F64, h: int) -> F64:
+    """(B, H_kv, G*N, ...) -> (B, H, N, ...)."""
+    b, hk, gn = x.shape[:3]
+    return x.reshape(b, h, gn // (h // hk), *x.shape[3:])
+
+
+def _visible(pos: NDArray[np.int64], j0: int, j1: int, offset: int) -> NDArray[np.bool_]:
+    """(R, j1 - j0) causal mask: key j visible to the query at position i iff j <= i + offset."""
+    return np.arange(j0, j1)[None, :] <= (pos[:, None] + offset)
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+
+def prepare_inputs(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    policy: AttentionPolicy,
+    *,
+    rng: np.random.Generator | None = None,
+) -> tuple[F64, F64, F64]:
+    """q, k, v as the kernels see them: rounded (or quantised, rotated and dequantised).
+
+    The fp64 reference of a policy's error is the fp64 maths on these arrays.
+
+    Args:
+        q: (B, H, N, D) queries.
+        k: (B, H_kv, M, D) keys.
+        v: (B, H_kv, M, D_v) values.
+        policy: The precision policy.
+        rng: Generator for the Hadamard signs (needed when ``policy.hadamard``).
+
+    Returns:
+        The three arrays, float64.
+
+    Raises:
+        LowprecError: Non-finite inputs, a Hadamard rotation without rng or with D not a power
+            of two.
+    """
+    qa, ka, va = _array4(q, "q"), _array4(k, "k"), _array4(v, "v")
+    fmt = _fmt(policy, "input")
+    if policy.input_scaling == "none":
+        return _r(qa, fmt), _r(ka, fmt), _r(va, fmt)
+    if policy.hadamard:
+        if not isinstance(rng, np.random.Generator):
+            raise LowprecError(
+                f"policy {policy.name!r} rotates q and k by a random Hadamard matrix; pass "
+                f"rng=numpy.random.Generator (got {rng!r})"
+            )
+        rot = random_hadamard(qa.shape[-1], rng)
+        qa, ka = rotate(qa, rot), rotate(ka, rot)
+    if policy.input_scaling == "tensor":
+        quant = [quantize_per_tensor(x, fmt) for x in (qa, ka, va)]
+    else:
+        quant = [
+            quantize_per_block(x, fmt, (rows, x.shape[-1]))
+            for x, rows in (
+                (qa, policy.scale_block_q),
+                (ka, policy.scale_block_k),
+                (va, policy.scale_block_k),
+            )
+        ]
+    return quant[0].dequantize(), quant[1].dequantize(), quant[2].dequantize()
+
+
+# ---- the steps shared by both kernels ----------------------------------------------------------
+
+
+class _Consts(NamedTuple):
+    """Scale constants, each rounded into the policy's state format."""
+
+    alpha: float  # the softmax scale as the kernel holds it
+    units: float  # multiplies (S - m) to give the natural-log exponent
+    exp2_c: float  # alpha * log2(e) (scale_apply="exp2")
+    log2e: float  # log2(e) (backward, exp2)
+    sqrt_alpha: float  # sqrt(alpha) (scale_apply="qk_sqrt")
+
+
+def _consts(policy: AttentionPolicy, alpha: float) -> _Consts:
+    st = _fmt(policy, "state")
+    a = float(_r(alpha, st))
+    c = float(_r(alpha * _LOG2E, st))
+    sq = float(_r(math.sqrt(alpha), st))
+    units = a if policy.scale_apply == "exp2" else 1.0
+    return _Consts(a, units, c, float(_r(_LOG2E, st)), sq)
+
+
+def _prescale(x: F64, policy: AttentionPolicy, k: _Consts) -> F64:
+    """torch's math SDPA: x * sqrt(alpha), computed in the state format, stored in the input's."""
+    if policy.scale_apply != "qk_sqrt":
+        return x
+    return _r(_r(x * k.sqrt_alpha, _fmt(policy, "state")), _fmt(policy, "input"))
+
+
+def _scores(qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts) -> F64:
+    """S for one key block: (B, H_kv, R, D) x (B, H_kv, C, D) -> (B, H_kv, R, C)."""
+    acc = matmul(qs, np.swapaxes(kb, -1, -2), accum=policy.scores_accum)
+    if policy.scale_apply == "scores":
+        return _r(acc * k.alpha, _fmt(policy, "scores"))
+    return _r_acc(acc, policy.scores_accum, _fmt(policy, "scores"))
+
+
+def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = False) -> F64:
+    """exp of the scaled S - m, rounded as the policy says; ``m`` is (..., R, 1) and finite.
+
+    With ``lse=True`` m is a log-sum-exp in natural-log units (the backward recomputation).
+    """
+    ef, st = _fmt(policy, "exp"), _fmt(policy, "state")
+    with np.errstate(invalid="ignore", over="ignore"):
+        if policy.scale_apply == "exp2":
+            mm = _r(m * (k.log2e if lse else k.exp2_c), st)
+            x = _r(s * k.exp2_c - mm, ef)
+            return _r(np.exp2(x), ef)
+        x = _r(s - m, ef)
+        return _r(np.exp(x), ef)
+
+
+def _dynamic_max(s: F64, r_m: F64, policy: AttentionPolicy, k: _Consts) -> F64:
+    """Qiu & Yao's Algorithm 1 (arXiv 2510.04212) on row maxima r_m (..., R, 1) of s."""
+    beta = policy.dynamic_max_beta
+    if beta is None:
+        return r_m
+    # tied with the max: entries whose P-bar = exp(s - r_m) would round to exactly 1 in p_fmt
+    thr = math.log1p(-_fmt(policy, "p").epsneg / 2)
+    with np.errstate(invalid="ignore"):
+        ties = np.sum((s - r_m) * k.units >= thr, axis=-1, keepdims=True) > 1
+    out = np.where(ties & (r_m > 0), _r(beta * r_m, _fmt(policy, "scores")), r_m)
+    return np.where(ties & (r_m < 0), 0.0, out)
+
+
+def _row_sum(p: F64, policy: AttentionPolicy) -> F64:
+    ones = np.ones((p.shape[-1], 1))
+    return _r_acc(
+        matmul(p, ones, accum=policy.row_sum_accum), policy.row_sum_accum, _fmt(policy, "state")
+    )
+
+
+def _pv(
+    p: F64,
+    vb: F64,
+    policy: AttentionPolicy,
+    c: F64 | None,
+    rng: np.random.Generator | None,
+) -> F64:
+    """The PV product (plus the running O), rounded into pv_fmt with the policy's mode."""
+    mode = Rounding.parse(policy.pv_rounding)
+    if mode is Rounding.STOCHASTIC and not isinstance(rng, np.random.Generator):
+        raise LowprecError(
+            f"policy {policy.name!r} rounds the PV result stochastically; pass "
+            f"rng=numpy.random.Generator (got {rng!r})"
+        )
+    acc = matmul(p, vb, accum=policy.pv_accum, c=c)
+    if mode is Rounding.NEAREST_EVEN:
+        return _r_acc(acc, policy.pv_accum, _fmt(policy, "pv"))
+    return _r(acc, _fmt(policy, "pv"), mode, rng)
+
+
+def _finish(o: F64, ell: F64, m: F64, policy: AttentionPolicy, k: _Consts) -> tuple[F64, F64]:
+    """O / l into the output format, and lse = m * units + log l."""
+    held = _fmt(policy, "pv")
+    if policy.final_op == "reciprocal":
+        out = _r(o * _r(1.0 / ell, _fmt(policy, "state")), held)
+    else:
+        out = _r(o / ell, held)
+    lse = _r(m * k.units + np.log(ell), _fmt(policy, "lse"))
+    return _r(out, _fmt(policy, "out")), lse[..., 0]
+
+
+# ---- forward -----------------------------------------------------------------------------------
+
+
+def _setup(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    policy: AttentionPolicy,
+    causal: bool,
+    scale: float | None,
+    rng: np.random.Generator | None,
+) -> tuple[F64, F64, F64, NDArray[np.int64], _Consts, int]:
+    if not isinstance(policy, AttentionPolicy):
+        raise ConfigError(f"policy={policy!r}; expected an AttentionPolicy")
+    qa, ka, va = _array4(q, "q"), _array4(k, "k"), _array4(v, "v")
+    _check_shapes(qa, ka, va, causal)
+    consts = _consts(policy, _scale_of(scale, qa.shape[-1]))
+    qa, ka, va = prepare_inputs(qa, ka, va, policy, rng=rng)
+    n, m, hk = qa.shape[2], ka.shape[2], ka.shape[1]
+    qg = _prescale(_group(qa, hk), policy, consts)  # (B, H_kv, G*N, D)
+    ks = _prescale(ka, policy, consts)  # (B, H_kv, M, D)
+    pos = np.tile(np.arange(n), qa.shape[1] // hk)  # (G*N,) query position of each row
+    return qg, ks, va, pos, consts, m - n
+
+
+def naive(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    policy: AttentionPolicy,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[F64, F64]:
+    """Attention as the spec: S and P materialised over all keys, each step rounded per policy.
+
+    Args:
+        q: (B, H, N, D) queries.
+        k: (B, H_kv, M, D) keys (H_kv divides H).
+        v: (B, H_kv, M, D_v) values.
+        policy: Format and rounding of every step.
+        causal: Mask keys j > i + M - N.
+        scale: Softmax scale alpha; default 1/sqrt(D).
+        rng: Generator for the Hadamard signs and stochastic rounding (when the policy uses them).
+
+    Returns:
+        ``(out, lse)``: out (B, H, N, D_v) in ``policy.out_fmt``; lse (B, H, N) = m + log l in
+        natural-log units of the scaled scores, in ``policy.lse_fmt``.
+
+    Raises:
+        LowprecError: Bad shapes, non-finite inputs, a bad scale, or a missing rng.
+    """
+    qg, ks, va, pos, kc, offset = _setup(q, k, v, policy, causal, scale, rng)
+    h = np.asarray(q).shape[1]
+    s = _scores(qg, ks, policy, kc)  # (B, H_kv, R, M)
+    if causal:
+        s = np.where(_visible(pos, 0, ks.shape[2], offset), s, -np.inf)
+    m = _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc)  # (B, H_kv, R, 1)
+    p = _exp(s, m, policy, kc)
+    ell = _row_sum(p, policy)
+    if policy.normalize == "probs":
+        probs = _r(p / ell, _fmt(policy, "probs"))
+        out = _r(_pv(_r(probs, _fmt(policy, "p")), va, policy, None, rng), _fmt(policy, "out"))
+        lse = _r(m * kc.units + np.log(ell), _fmt(policy, "lse"))[..., 0]
+    else:
+        o = _pv(_r(p, _fmt(policy, "p")), va, policy, None, rng)
+        out, lse = _finish(o, ell, m, policy, kc)
+    return _ungroup(out, h), _ungroup(lse, h)
+
+
+def blocked(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    policy: AttentionPolicy,
+    *,
+    block_q: int = 128,
+    block_k: int = 128,
+    causal: bool = False,
+    scale: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[F64, F64]:
+    """FlashAttention-2 forward (Dao, arXiv 2307.08691, Alg. 1): online softmax over key blocks.
+
+    For each key block j: S_j = alpha q k_j^T; m_new = max(m, rowmax S_j) (or the dynamic
+    maximum); P-bar_j = exp(S_j - m_new); c = exp(m - m_new); l = c l + rowsum(P-bar_j);
+    O = c O + cast(P-bar_j) v_j (the PV accumulation takes c O as its addend); then O / l.
+    S and P are never materialised beyond one key block (see the module docstring for what
+    that changes). ``block_q`` has no numerical effect here (query rows are independent; the
+    FP8 block scales come from ``policy.scale_block_q``); it is validated and kept so that the
+    call reads like the kernel's launch.
+
+    Args:
+        q: (B, H, N, D) queries.
+        k: (B, H_kv, M, D) keys.
+        v: (B, H_kv, M, D_v) values.
+        policy: Format and rounding of every step (``normalize`` is ignored: O is divided).
+        block_q: Query rows per thread block (B_r).
+        block_k: Keys per block (B_c); the last block is ragged when it does not divide M.
+        causal: Mask keys j > i + M - N.
+        scale: Softmax scale; default 1/sqrt(D).
+        rng: Generator for the Hadamard signs and stochastic rounding.
+
+    Returns:
+        ``(out, lse)`` as :func:`naive` returns them.
+
+    Raises:
+        LowprecError: Bad shapes, non-finite inputs, bad block sizes or scale, a missing rng.
+    """
+    _check_block("block_q", block_q)
+    bk = _check_block("block_k", block_k)
+    qg, ks, va, pos, kc, offset = _setup(q, k, v, policy, causal, scale, rng)
+    h = np.asarray(q).shape[1]
+    st, pf = _fmt(policy, "state"), _fmt(policy, "p")
+    lead = qg.shape[:3]
+    m_run = np.full((*lead, 1), -np.inf)  # (B, H_kv, R, 1)
+    ell = np.zeros((*lead, 1))
+    o = np.zeros((*lead, va.shape[-1]))  # (B, H_kv, R, D_v)
+    for j0 in range(0, ks.shape[2], bk):
+        j1 = min(j0 + bk, ks.shape[2])
+        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
+        if causal:
+            s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
+        m_new = np.maximum(m_run, _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc))
+        m_safe = np.where(np.isfinite(m_new), m_new, 0.0)  # rows with no visible key yet
+        p = _exp(s, m_safe, policy, kc)
+        with np.errstate(invalid="ignore"):
+            diff = _r(m_run - m_new, st)
+            if policy.scale_apply == "exp2":
+                c = _r(np.exp2(_r(diff * kc.exp2_c, st)), st)
+            else:
+                c = _r(np.exp(diff), st)
+        c = np.where(m_run == m_new, 1.0, np.nan_to_num(c, nan=0.0))
+        ell = _r(_r(c * ell, st) + _row_sum(p, policy), st)
+        o = _pv(_r(p, pf), va[:, :, j0:j1], policy, _r(c * o, _fmt(policy, "pv")), rng)
+        m_run = m_new
+    out, lse = _finish(o, ell, m_run, policy, kc)
+    return _ungroup(out, h), _ungroup(lse, h)
+
+
+# ---- backward ----------------------------------------------------------------------------------
+
+
+def backward(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    out: ArrayLike,
+    lse: ArrayLike,
+    dout: ArrayLike,
+    policy: AttentionPolicy,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    block_k: int | None = None,
+) -> AttentionGrads:
+    """FlashAttention-2 backward (Dao, arXiv 2307.08691, Algorithm 2), naive or blocked.
+
+    D = rowsum(dO * O); then per key block j: P_j = exp(S_j - lse) recomputed; dV_j = P_j^T dO;
+    dP_j = dO v_j^T; dS_j = P_j * (dP_j - D); dK_j = alpha dS_j^T q; dQ += alpha dS_j k_j. With
+    ``block_k=None`` there is one block of all keys (the naive spec); otherwise dQ accumulates
+    over key blocks through the accumulation model's addend, as FlashAttention-2's fp32 atomic
+    adds do. dK_j and dV_j accumulate over all query rows (and the query heads of a GQA group)
+    in one product.
+
+    Args:
+        q, k, v: The forward inputs (rounded by the policy here, as in the forward).
+        out: (B, H, N, D_v) the forward output (D uses it, for ``delta_source="output"``).
+        lse: (B, H, N) the forward log-sum-exp.
+        dout: (B, H, N, D_v) the gradient of the loss with respect to out.
+        policy: The precision policy (without FP8 input scaling: FlashAttention-3 FP8 is
+            forward-only).
+        causal: Mask as in the forward.
+        scale: Softmax scale; default 1/sqrt(D).
+        block_k: Keys per block; None: all keys at once.
+
+    Returns:
+        :class:`AttentionGrads` with gradients with respect to the rounded inputs.
+
+    Raises:
+        LowprecError: Bad shapes, non-finite inputs, a scaled-FP8 policy, a bad block size.
+    """
+    if not isinstance(policy, AttentionPolicy):
+        raise ConfigError(f"policy={policy!r}; expected an AttentionPolicy")
+    if policy.input_scaling != "none":
+        raise ConfigError(
+            f"policy {policy.name!r} quantises its inputs with scales; the backward pass of "
+            "scaled FP8 attention is not modelled (FlashAttention-3 FP8 is forward-only)"
+        )
+    qa, ka, va = _array4(q, "q"), _array4(k, "k"), _array4(v, "v")
+    _check_shapes(qa, ka, va, causal)
+    oa, doa = _array4(out, "out"), _array4(dout, "dout")
+    want = (*qa.shape[:3], va.shape[3])
+    if oa.shape != want or doa.shape != want:
+        raise ShapeError(f"out {oa.shape} and dout {doa.shape}; expected both {want}")
+    la = np.asarray(as_carrier(lse, "lse"), dtype=np.float64)
+    if la.shape != qa.shape[:3] or not np.isfinite(la).all():
+        raise ShapeError(
+            f"lse has shape {la.shape}; expected finite values of shape {qa.shape[:3]}"
+        )
+    bk = ka.shape[2] if block_k is None else _check_block("block_k", block_k)
+    h, hk = qa.shape[1], ka.shape[1]
+    kc = _consts(policy, _scale_of(scale, qa.shape[-1]))
+    qa, ka, va = prepare_inputs(qa, ka, va, policy)
+    qg = _prescale(_group(qa, hk), policy, kc)  # (B, H_kv, R, D)
+    ks = _prescale(ka, policy, kc)  # (B, H_kv, M, D)
+    pos = np.tile(np.arange(qa.shape[2]), h // hk)  # (R,)
+    offset = ka.shape[2] - qa.shape[2]
+    do = _r(_group(doa, hk), _fmt(policy, "grad"))  # (B, H_kv, R, D_v)
+    lse_g = _group(la[..., None], hk)  # (B, H_kv, R, 1)
+    st, dpf = _fmt(policy, "state"), _fmt(policy, "dp")
+    blocks = [(j0, min(j0 + bk, ks.shape[2])) for j0 in range(0, ks.shape[2], bk)]
+
+    def probs(j0: int, j1: int) -> F64:
+        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
+        p = _exp(s, lse_g, policy, kc, lse=True)
+        if causal:
+            p = np.where(_visible(pos, j0, j1, offset), p, 0.0)
+        return p
+
+    if policy.delta_source == "output":
+        prod = do * _group(oa, hk)  # exact: two values of <= 26 significant bits
+        delta = matmul(prod, np.ones((prod.shape[-1], 1)), accum=policy.delta_accum)
+    elif policy.delta_source == "recompute":
+        o_rec = sum(matmul(probs(j0, j1), va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks)
+        delta = matmul(do * _r(o_rec, st), np.ones((do.shape[-1], 1)), accum=policy.delta_accum)
+    else:
+        delta = sum(
+            np.sum(
+                probs(j0, j1)
+                * _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf),
+                axis=-1,
+                keepdims=True,
+            )
+            for j0, j1 in blocks
+        )
+    delta = _r(delta, _fmt(policy, "delta"))  # (B, H_kv, R, 1)
+
+    qscale = kc.sqrt_alpha if policy.scale_apply == "qk_sqrt" else kc.alpha
+    dsf, pbf, gacc = _fmt(policy, "ds"), _fmt(policy, "p_bwd"), policy.grad_accum
+    dq_acc: F64 | None = None
+    dk_parts, dv_parts = [], []
+    for j0, j1 in blocks:
+        p = probs(j0, j1)  # (B, H_kv, R, C)
+        dv_parts.append(matmul(np.swapaxes(_r(p, pbf), -1, -2), do, accum=gacc))
+        dp = _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf)
+        ds = _r(_r(p * _r(dp - delta, dpf), dpf), dsf)  # (B, H_kv, R, C)
+        dq_acc = matmul(ds, ks[:, :, j0:j1], accum=gacc, c=dq_acc)
+        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg, accum=gacc))
+    assert dq_acc is not None
+    gout = _fmt(policy, "grad_out")
+    dq = _r(_r(dq_acc * qscale, st), gout)
+    dk = _r(_r(np.concatenate(dk_parts, axis=2) * qscale, st), gout)
+    dv = _r(np.concatenate(dv_parts, axis=2), gout)
+    return AttentionGrads(_ungroup(dq, h), dk, dv, _ungroup(delta, h)[..., 0])

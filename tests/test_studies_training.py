@@ -1,0 +1,109 @@
+"""The four training-dynamics studies run on tiny configs, are deterministic and plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lowprec.study import Result, get_study
+
+TINY: dict[str, dict[str, Any]] = {
+    "adam_update_rms": {
+        "n": 2000,
+        "steps": 300,
+        "sweep_n": 300,
+        "sweep_steps": 200,
+        "sweep_mu": [0.0, 1.0],
+        "sweep_beta1": [0.9],
+        "policies": ["bf16_states"],
+        "train_steps": 12,
+        "batch": 4,
+        "seq_len": 16,
+        "record_every": 4,
+    },
+    "newton_schulz": {
+        "shape": [24, 48],
+        "steps": 6,
+        "formats": ["bf16", "fp32", "fp64"],
+        "schedules": ["keller_jordan", "quintic"],
+        "mclip_shape": [128, 32],
+        "mclip_big": 4,
+    },
+    "maxlogit_qkclip": {
+        "steps": 12,
+        "batch": 4,
+        "seq_len": 16,
+        "n_layer": 1,
+        "n_head": 2,
+        "d_model": 16,
+        "lr": 3e-2,
+        "tau": 0.5,
+        "val_batches": 2,
+        "logit_scales": [1.0, 100.0],
+    },
+    "training_stability": {
+        "steps": 4,
+        "batch": 2,
+        "seq_len": 16,
+        "n_layer": 1,
+        "n_head": 2,
+        "d_model": 16,
+        "block_k": 8,
+        "record_every": 2,
+    },
+}
+
+
+def _run(name: str) -> Result:
+    return get_study(name).run_study(overrides=TINY[name], progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_study_runs_and_plots(name: str) -> None:
+    study = get_study(name)
+    assert study.name == name and study.claim.endswith(".")
+    # every quick key overridden here exists (a typo would raise ConfigError)
+    result = _run(name)
+    assert result.checks and result.tables and result.metrics
+    back = Result.from_dict(result.to_dict())
+    assert back.canonical_json() == result.canonical_json()
+    plots = study.plot(result) if study.plot else []
+    assert plots and all(p.filename.endswith(".png") for p in plots)
+    assert set(TINY[name]) <= set(study.defaults())
+    assert set(study.full) <= set(study.quick)
+
+
+def test_adam_study_reproduces_pure_noise_value() -> None:
+    r = _run("adam_update_rms")
+    assert r.metrics["pure_noise_rms_formula"] == pytest.approx(np.sqrt(0.1 / 1.9))
+    assert next(c for c in r.checks if c.name.startswith("pure noise")).passed
+
+
+def test_newton_schulz_study_is_deterministic_and_orders_mclip_forms() -> None:
+    a, b = _run("newton_schulz"), _run("newton_schulz")
+    assert a.canonical_json() == b.canonical_json()
+    clip = a.series["mclip"]
+    assert (
+        clip["keller_jordan/odd"]["spectral_norm"] < clip["keller_jordan/nested"]["spectral_norm"]
+    )
+
+
+def test_maxlogit_study_clips() -> None:
+    r = _run("maxlogit_qkclip")
+    assert r.metrics["head_clips"] > 0
+    runs = r.series["runs"]
+    # the clip acts after each step: the last MaxLogit is capped, the unclipped one is not
+    assert runs["qk_clip"]["max_logit"][-1] < runs["no_clip"]["max_logit"][-1]
+    res = {row[0]: row for row in r.series["softmax_resolution"]}
+    assert res[100.0][1] == 0.5  # bf16 spacing at 100
+
+
+def test_training_stability_records_gradient_errors() -> None:
+    r = _run("training_stability")
+    runs = r.series["runs"]
+    assert set(runs) == {"fp32", "fp64", "fa2_bf16", "fa2_bf16_dynmax", "fa2_bf16_dpp"}
+    assert runs["fa2_bf16"]["bias_step"] == [0, 2]
+    assert all(e > 0 for e in runs["fa2_bf16"]["out_rel_err"])
+    assert runs["fp32"]["bias_step"] == []
