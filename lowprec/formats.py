@@ -35,7 +35,7 @@ class NanEncoding(enum.Enum):
     NONE = "none"  # no NaN code at all (MX fp6/fp4)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Format:
     """A binary floating-point format, defined by its fields; everything else is derived.
 
@@ -130,6 +130,13 @@ class Format:
 
     def __str__(self) -> str:
         return self.name
+
+    def __repr__(self) -> str:
+        # Built-in formats print as their name, so policies and models read well in reports.
+        if FORMATS.get(self.name) == self:
+            return self.name
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__dataclass_fields__)
+        return f"Format({fields})"
 
     # ---- derived: exponent range ------------------------------------------------------------
 

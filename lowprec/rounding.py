@@ -55,6 +55,9 @@ class Rounding(enum.Enum):
     ODD = "odd"  # truncate, then set the last bit if inexact (Boldo & Melquiond 2008)
     STOCHASTIC = "sr"  # up with probability equal to the discarded fraction of the gap
 
+    def __repr__(self) -> str:
+        return f"Rounding.{self.name}"
+
     @classmethod
     def parse(cls, mode: Rounding | str) -> Rounding:
         """The mode named by ``mode`` (a member, its value, its name, or a common alias).
