@@ -275,13 +275,24 @@ def round_bits_serial(
 
 
 @numba.njit(cache=True, inline="always")
+def _rne_setup(
+    sm: int, se: int, sb: int, tm: int, temin: int, flags: int
+) -> tuple[int, np.int64, np.int64, np.int64, bool]:
+    """Loop constants of nearest-even: shift, sign bit, smallest normal, inf, general-only."""
+    general = sm - tm <= 0 or (flags & F_SIGNED) == 0
+    return (
+        sm - tm,
+        np.int64(1) << (se + sm),
+        _pow2_bits(np.int64(temin), sm, sb),
+        ((np.int64(1) << se) - 1) << sm,
+        general,
+    )
+
+
+@numba.njit(cache=True, inline="always")
 def _rne_elem(
     a: np.int64,
-    shift: int,
-    sign_bit: np.int64,
-    normal_bits: np.int64,
-    inf_bits: np.int64,
-    general: bool,
+    consts: tuple[int, np.int64, np.int64, np.int64, bool],
     sm: int,
     se: int,
     sb: int,
@@ -290,7 +301,8 @@ def _rne_elem(
     max_bits: int,
     flags: int,
 ) -> np.int64:
-    """One element in nearest-even, with the loop's constants precomputed by the caller."""
+    """One element in nearest-even, with the loop constants from :func:`_rne_setup`."""
+    shift, sign_bit, normal_bits, inf_bits, general = consts
     mag = a & (sign_bit - 1)
     if general or mag < normal_bits or mag >= inf_bits:
         return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
@@ -313,27 +325,9 @@ def round_bits_rne(
     flags: int,
 ) -> None:
     """:func:`round_bits` for nearest-even, with the mode fixed and the constants hoisted."""
-    sign_bit = np.int64(1) << (se + sm)
-    inf_bits = ((np.int64(1) << se) - 1) << sm
-    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
-    shift = sm - tm
-    general = shift <= 0 or (flags & F_SIGNED) == 0
+    c = _rne_setup(sm, se, sb, tm, temin, flags)
     for i in numba.prange(src.size):
-        out[i] = _rne_elem(
-            np.int64(src[i]),
-            shift,
-            sign_bit,
-            normal_bits,
-            inf_bits,
-            general,
-            sm,
-            se,
-            sb,
-            tm,
-            temin,
-            max_bits,
-            flags,
-        )
+        out[i] = _rne_elem(np.int64(src[i]), c, sm, se, sb, tm, temin, max_bits, flags)
 
 
 @numba.njit(cache=True)
@@ -349,24 +343,6 @@ def round_bits_rne_serial(
     flags: int,
 ) -> None:
     """:func:`round_bits_rne` on one thread, for small arrays."""
-    sign_bit = np.int64(1) << (se + sm)
-    inf_bits = ((np.int64(1) << se) - 1) << sm
-    normal_bits = _pow2_bits(np.int64(temin), sm, sb)
-    shift = sm - tm
-    general = shift <= 0 or (flags & F_SIGNED) == 0
+    c = _rne_setup(sm, se, sb, tm, temin, flags)
     for i in range(src.size):
-        out[i] = _rne_elem(
-            np.int64(src[i]),
-            shift,
-            sign_bit,
-            normal_bits,
-            inf_bits,
-            general,
-            sm,
-            se,
-            sb,
-            tm,
-            temin,
-            max_bits,
-            flags,
-        )
+        out[i] = _rne_elem(np.int64(src[i]), c, sm, se, sb, tm, temin, max_bits, flags)
