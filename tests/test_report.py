@@ -14,7 +14,18 @@ from matplotlib.figure import Figure
 
 import lowprec.cli as cli
 import lowprec.study as st
-from lowprec.report import regenerate_command, write_index, write_report
+from lowprec import hwcheck
+from lowprec import report as rp
+from lowprec.capture import Case, load_capture
+from lowprec.compare import (
+    MATCH_FRACTION,
+    CaseComparison,
+    compare_case,
+    compare_output,
+)
+from lowprec.formats import bf16
+from lowprec.report import fmt_value, regenerate_command, write_index, write_report
+from lowprec.rounding import round_to
 from lowprec.study import Check, Context, Outcome, Plot, Result, Study, Table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,3 +177,164 @@ def test_committed_reports_match_a_fresh_run() -> None:
     study = st.get_study(cheapest.study)
     fresh = study.run_study(overrides=cheapest.overrides, progress=False)
     assert fresh.canonical_json() == cheapest.canonical_json()
+
+
+# ---- compare, hardware and the index ---------------------------------------------------------
+
+HW = REPO / "tests" / "data" / "hw"
+CAPTURES = sorted((REPO / "captures").glob("*.npz"))
+CPU_FACTS = {"kind": "cpu", "torch": "9.9.9+fake", "cpu_capability": "AVX2", "cpu_flags": []}
+
+
+def _fake_compare() -> dict[str, Any]:
+    """One bit-exact matmul and one attention output whose emulator RMSE is off by far more
+    than the target: built with the real compare_output on seeded arrays."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(4096)
+    hw = np.asarray(round_to(ref, bf16), dtype=np.float64)
+    # the emulator's error: the hardware's plus twice its own size again
+    emu = np.asarray(round_to(hw + 2 * (hw - ref), bf16), dtype=np.float64)
+    mm = Case("mm_fake", "matmul", "bf16", "normal", 1, (8, 64, 8))
+    att = Case("sdpa_fake", "sdpa", "bf16", "normal", 2, (1, 1, 64, 64, 64), "default")
+    cases = [
+        CaseComparison(mm, None, "model A", (compare_output("out", hw, hw, ref, bf16),)),
+        CaseComparison(att, "flash", "model B", (compare_output("out", hw, emu, ref, bf16),)),
+    ]
+    return {
+        "captures": [
+            {
+                "file": "captures/fake.npz",
+                "device": CPU_FACTS,
+                "skipped": [],
+                "cases": [c.to_dict() for c in cases],
+            }
+        ]
+    }
+
+
+def test_compare_page_from_a_fake_comparison(tmp_path: Path) -> None:
+    data = _fake_compare()
+    outs = [c["outputs"][0] for c in data["captures"][0]["cases"]]
+    assert outs[0]["identical"] == 1.0 and not outs[1]["rmse_match"]  # the fixture is as meant
+    folder = rp.write_compare_report(data, tmp_path, "my captures")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "compare.json",
+        "compare_0.png",
+        "report.html",
+        "report.md",
+    ]
+    md = (folder / "report.md").read_text()
+    assert "Verdict: 1/2 outputs meet their target" in md
+    assert "| mm_fake | matmul | bf16 | - | out | 1 | 1.000 | bit-exact | PASS |" in md
+    ratio = outs[1]["ratio"]["rmse"]
+    assert abs(ratio - 1) > MATCH_FRACTION and f"| {ratio:.3f} |" in md
+    assert "| sdpa_fake |" in md and "FAIL" in md and "torch 9.9.9+fake" in md
+    assert f"| 0: {outs[0]['n']} |" in md  # the ulp histogram of the bit-exact case
+    cmd = f"lowprec report --only compare --captures 'my captures' --out {tmp_path}"
+    assert md.rstrip().endswith(f"```\n{cmd.replace(chr(39), '')}\n```")
+    page = (folder / "report.html").read_text()
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) == 1 and srcs[0].startswith("data:image/png;base64,")
+    stored = json.loads((folder / "compare.json").read_text())
+    assert stored["summary"]["met"] == 1 and stored["summary"]["total"] == 2
+    index = write_index(tmp_path).read_text()
+    assert "href='compare/report.html'" in index and "1/2 outputs" in index
+    assert f"the emulator predicts bf16 {fmt_value(outs[1]['emu']['rmse'])}" in index
+
+
+@pytest.mark.skipif(not CAPTURES, reason="no committed capture")
+def test_compare_page_from_the_committed_capture(tmp_path: Path) -> None:
+    cap = load_capture(CAPTURES[0])
+    pairs = cap.cases()
+    picks = [next(p for p in pairs if p[0].op == "matmul")]
+    picks.append(next(p for p in pairs if p[0].op == "sdpa" and p[0].backend == "math"))
+    cases = [compare_case(cap, c, rec).to_dict() for c, rec in picks]
+    data = {"captures": [{"file": "x.npz", "device": cap.device, "skipped": [], "cases": cases}]}
+    md = (rp.write_compare_report(data, tmp_path) / "report.md").read_text()
+    assert f"| {picks[0][0].id} | matmul |" in md and "bit-exact | PASS |" in md
+    assert f"torch {cap.device['torch']}" in md
+    assert md.rstrip().endswith("```\nlowprec report --only compare --out " + f"{tmp_path}\n```")
+
+
+def test_absent_sources_give_no_section_and_no_error(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    rp.write_compare_report(_fake_compare(), out)  # a page from an earlier run
+    lines = rp.run_sections(out=out, captures=tmp_path / "none", hw_dir=tmp_path / "nohw")
+    assert lines[0].startswith("compare: no ") and lines[0].endswith("section skipped")
+    assert lines[1].startswith("hardware: no fixture") and lines[1].endswith("section skipped")
+    assert not (out / "compare").exists() and not (out / "hardware").exists()
+    index = write_index(out).read_text()
+    assert "No captures found" in index and "No tensor-core fixture found" in index
+    assert "href='compare/report.html'" not in index
+
+
+@pytest.mark.skipif(not HW.is_dir(), reason="no tensor-core fixture")
+def test_hardware_page_states_the_mismatches(tmp_path: Path) -> None:
+    src = tmp_path / "hw"
+    src.mkdir()
+    for name in ("H100_E4M3.npz", "V100_fp16.npz"):
+        (src / name).write_bytes((HW / name).read_bytes())
+    expected = [o for c in hwcheck.load_cases(src) for o in hwcheck.check_case(c)]
+    data = rp.hardware_data(src)
+    folder = rp.write_hardware_report(data, tmp_path / "out", src)
+    md = (folder / "report.md").read_text()
+    for o in expected:
+        assert f"| {o.gpu} | {o.fmt} | {o.out} | {o.preset} | {o.exact}/{o.rows} |" in md
+    c0 = [o for o in expected if o.passed and o.exact < o.rows]
+    bad = [o for o in expected if not o.passed]
+    assert c0 and bad  # H100 E4M3: fp32 only with c = 0, fp16 reproduced by no model
+    assert f"{c0[0].gpu} {c0[0].fmt}, {c0[0].out} output" in md
+    assert "the recording's c was not applied" in md
+    assert f"{bad[0].gpu} {bad[0].fmt}, {bad[0].out} output: NOT reproduced by any model" in md
+    assert "RoundOnce(fp16)) matches" in md
+    good = sum(o.passed for o in expected)
+    assert f"Verdict: {good}/{len(expected)} GPU/format/output cases" in md
+    assert md.rstrip().endswith(f"lowprec hw-check {src.as_posix()}\n```")
+    index = write_index(tmp_path / "out").read_text()
+    assert "href='hardware/report.html'" in index and f"{good}/{len(expected)} cases" in index
+
+
+def test_cli_report_runs_the_sections(fake: Study, tmp_path: Path, capsys: Any) -> None:
+    src = tmp_path / "hw"
+    src.mkdir()
+    (src / "V100_fp16.npz").write_bytes((HW / "V100_fp16.npz").read_bytes())
+    argv = ["report", "--only", "hardware,compare", "--out", str(tmp_path / "r")]
+    argv += ["--hw-dir", str(src), "--captures", str(tmp_path / "none")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "hardware: 2/2 cases reproduced" in out and "compare: no " in out
+    assert (tmp_path / "r" / "hardware" / "report.html").exists()
+    assert "0 studies" in out and not (tmp_path / "r" / "fake").exists()
+
+
+def _committed_result(name: str) -> Path:
+    return REPO / "reports" / name / "result.json"
+
+
+@pytest.mark.skipif(
+    not (
+        _committed_result("fp8_attention").exists() and _committed_result("attention_bias").exists()
+    ),
+    reason="no fp8_attention / attention_bias reports yet (run `lowprec report`)",
+)
+def test_index_opens_with_numbers_from_the_results(tmp_path: Path) -> None:
+    for name in ("fp8_attention", "attention_bias"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_bytes(_committed_result(name).read_bytes())
+    index = write_index(tmp_path).read_text()
+    fp8 = Result.load(tmp_path / "fp8_attention" / "result.json")
+    bias = Result.load(tmp_path / "attention_bias" / "result.json")
+    summary = index[: index.index("<h2>Studies</h2>")]
+    rmse = fp8.metrics["rmse"]
+    for key in ("FlashAttention-2 fp16", "FlashAttention-3 fp8"):
+        assert f"{key} <b>{fmt_value(rmse[key])}</b>" in summary
+    biased = bias.metrics["O_bias"][rp._BIASED]["2"]
+    t = bias.metrics["O_t"][rp._BIASED]["2"]
+    assert f"<b>{fmt_value(biased)}</b> (t = {t:.1f}" in summary and "<b>Fix:</b>" in summary
+    assert "lowprec gate lowprec-gate.toml" in summary and rp.GATE_README in summary
+    assert "No captures found" in index  # no compare data: the measured bf16 line is left out
+    assert "measured" not in summary
+    # the studies table follows, with each study's headline numbers
+    table = index[index.index("<h2>Studies</h2>") :]
+    assert "href='fp8_attention/report.html'" in table
+    assert f"FA2 fp16 RMSE = {fmt_value(rmse['FlashAttention-2 fp16'])}" in table
