@@ -11,6 +11,7 @@ import pytest
 
 from lowprec import LowprecError, round_to
 from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
+from lowprec.accum.core import add_round
 from lowprec.accum.tensorcore import (
     E8M13,
     TENSOR_CORES,
@@ -393,3 +394,176 @@ def test_gpu_names_map_to_architectures():
         fp64.man_bits == 52
         and TensorCore("t", "fp16", "fp32", 4, 23).rounding is Rounding.TOWARD_ZERO
     )
+
+
+# ---- RoundOnce and Exact on whole matrices: every path of the compiled loops -------------------
+
+MODES = ["rne", "rna", "rtz", "up", "down", "odd"]
+MATRIX_KINDS = ["random", "wide", "cancel", "underflow", "special", "ties"]
+
+
+def _matrix_inputs(
+    rng: np.random.Generator, fmt: Format, out: Format, kind: str, shape: tuple[int, int, int]
+) -> tuple[Any, Any, Any]:
+    """a (2, M, K), b (K, N), c (2, M, N) of ``kind``, exact in ``fmt`` (c in ``out``).
+
+    M and N exceed the RoundOnce threshold for row and column statistics, so these products
+    take the certificate, the interval and the refining pass; "ties" puts every sum on, or
+    within 2**-70 of, a midpoint (or a boundary) of ``out``.
+    """
+    m, n, k = shape
+    a = rng.standard_normal((2, m, k))
+    b = rng.standard_normal((k, n))
+    c = rng.standard_normal((2, m, n))
+    if kind == "wide":  # P-like: exp of a wide spread, as attention probabilities
+        a = np.exp(-16 * np.abs(a))
+        c *= 64.0
+    elif kind == "cancel":
+        c = -(np.asarray(round_to(a, fmt), np.float64) @ np.asarray(round_to(b, fmt), np.float64))
+        c *= 1 + rng.choice([-1.0, 0.0, 1.0], c.shape) * 2.0**-30
+    elif kind == "underflow":  # products below float64's normal range
+        a *= 2.0**-530
+        b *= 2.0**-530
+        c *= 2.0**-1040
+    elif kind == "special":
+        a[rng.random(a.shape) < 0.01] = np.inf
+        b[rng.random(b.shape) < 0.01] = -np.inf
+        a[rng.random(a.shape) < 0.01] = np.nan
+        c[rng.random(c.shape) < 0.01] = np.inf
+    elif kind == "ties":
+        x = np.asarray(round_to(rng.uniform(1, 2, (2, m)), out), np.float64)
+        a = np.zeros((2, m, k))
+        a[..., 0] = x
+        a[..., 1] = out.eps / 2  # half an ulp of out in [1, 2)
+        a[..., 2] = rng.choice([-1.0, 0.0, 1.0], (2, m)) * 2.0**-70
+        b = np.ones((k, n))
+        b[2] = rng.choice([-1.0, 0.0, 1.0], n)
+        c = np.where(rng.random((2, m, n)) < 0.5, 0.0, out.eps / 4 * rng.choice([-2, 2], (2, m, n)))
+        return a, b, c
+    sat = kind != "special"
+    a = np.asarray(round_to(a, fmt, saturate=sat), np.float64) if kind != "underflow" else a
+    b = np.asarray(round_to(b, fmt, saturate=sat), np.float64) if kind != "underflow" else b
+    return a, b, np.asarray(round_to(c, out), np.float64)
+
+
+def _check_sample(got: Any, a: Any, b: Any, c: Any, fmt: Format, mode: str, idx: Any) -> None:
+    for t, i, j in idx:
+        bv = b[t, :, j] if b.ndim == 3 else b[:, j]
+        want = ref_round_once(a[t, i], bv, None if c is None else float(c[t, i, j]), fmt, mode)
+        assert _same(got[t, i, j], want), (t, i, j, got[t, i, j], want)
+
+
+@pytest.mark.parametrize("kind", MATRIX_KINDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_round_once_matrix_paths_match_reference(rng, kind, mode):
+    fi, fo = (fp32, fp32) if kind in ("ties", "underflow") else (bf16, fp32)
+    a, b, c = _matrix_inputs(rng, fi, fo, kind, (36, 40, 20))
+    idx = list(
+        zip(rng.integers(0, 2, 80), rng.integers(0, 36, 80), rng.integers(0, 40, 80), strict=True)
+    )
+    for cc in (None, c):
+        got = matmul(a, b, accum=RoundOnce(fo, mode), c=cc)
+        _check_sample(got, a, b, cc, fo, mode, idx)
+        # the path for few outputs (one column at a time) agrees on every element
+        cols = np.concatenate(
+            [matmul(a, b[:, j : j + 1], accum=RoundOnce(fo, mode), c=None if cc is None
+                    else cc[..., j : j + 1]) for j in range(0, 40, 7)], axis=-1,
+        )  # fmt: skip
+        assert np.all(_same(got[..., ::7], cols)), (kind, mode)
+
+
+@pytest.mark.parametrize("fmt", [fp16, bf16])
+def test_round_once_large_ties_take_the_exact_path(rng, fmt):
+    # > 2**16 outputs (the parallel loops) where every sum is on or next to a midpoint of fmt
+    a, b, c = _matrix_inputs(rng, fmt, fmt, "ties", (160, 256, 8))
+    main = a[..., 0:1] + a[..., 1:2] + c  # exact: all on a grid of 2**-13 in [1, 4)
+    nudge = a[..., 2:3] * b[2]  # +-2**-70 or 0
+    for mode in MODES:
+        got = matmul(a, b, accum=RoundOnce(fmt, mode), c=c)
+        assert np.array_equal(got, add_round(main, nudge, fmt, Rounding.parse(mode))), mode
+    idx = list(
+        zip(rng.integers(0, 2, 40), rng.integers(0, 160, 40), rng.integers(0, 256, 40), strict=True)
+    )
+    _check_sample(got, a, b, c, fmt, mode, idx)
+
+
+def test_round_once_certifies_bf16_products_and_equals_blas_then_round(rng):
+    # bf16 q k^T: every sum is exact in float64, so the result is round(a @ b) bit for bit
+    a = np.asarray(round_to(rng.standard_normal((3, 300, 64)), bf16), np.float64)
+    b = np.asarray(round_to(rng.standard_normal((3, 64, 250)), bf16), np.float64)
+    for mode in MODES:
+        got = matmul(a, b, accum=RoundOnce(fp32, mode))
+        assert np.array_equal(
+            got.view(np.uint64), np.asarray(round_to(a @ b, fp32, mode)).view(np.uint64)
+        )
+    idx = list(
+        zip(rng.integers(0, 3, 20), rng.integers(0, 300, 20), rng.integers(0, 250, 20), strict=True)
+    )
+    _check_sample(matmul(a, b, accum=RoundOnce(fp32)), a, b, None, fp32, "rne", idx)
+
+
+def test_round_once_wide_range_pv_with_blas_bound(rng):
+    # P-like rows (a wide dynamic range): no certificate; a large entry of v that meets only
+    # zeros of p makes the first bound (K max|p| max|v|) useless, so the undecided elements
+    # take one BLAS |p| @ |v| and the interval again; compare with the reference on a sample
+    p = np.exp(-20 * np.abs(rng.standard_normal((2, 200, 128))))
+    p = np.asarray(round_to(p, bf16), np.float64)
+    p[..., 0] = 0.0
+    v = np.asarray(round_to(rng.standard_normal((128, 180)), bf16), np.float64)
+    v[0] = 2.0**20
+    c = np.asarray(round_to(rng.standard_normal((2, 200, 180)), fp32), np.float64)
+    got = matmul(p, v, accum=RoundOnce(fp32), c=c)
+    idx = list(
+        zip(rng.integers(0, 2, 60), rng.integers(0, 200, 60), rng.integers(0, 180, 60), strict=True)
+    )
+    _check_sample(got, p, v, c, fp32, "rne", idx)
+    no_spike = matmul(p[..., 1:], v[1:], accum=RoundOnce(fp32), c=c)
+    assert np.array_equal(got, no_spike)
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_exact_fp64_ties_in_a_matrix(rng, near):
+    # sums 1 + 2**-53 (+- 2**-160): float64 ties, decided only by the exact integer path; with
+    # ``near`` every element is one (the error-free splitting first), else a few are
+    m, n, k = 40, 50, 6
+    a = rng.integers(-8, 8, (m, k)).astype(np.float64)  # certified exact sums elsewhere
+    b = rng.integers(-8, 8, (k, n)).astype(np.float64)
+    rows = rng.random(m) < (1.0 if near else 0.1)
+    a[rows] = 0.0
+    a[rows, 0] = rng.choice([1.0, -3.0, 2.0**-1000], rows.sum())
+    a[rows, 1] = a[rows, 0] * 2.0**-53
+    a[rows, 2] = a[rows, 0] * rng.choice([-1.0, 0.0, 1.0], rows.sum()) * 2.0**-160
+    b[:3] = 1.0
+    got = matmul(a, b, accum=Exact())
+    want = np.array([[float(ref_exact(a[i], b[:, j], None)) for j in range(n)] for i in range(m)])
+    assert np.all(_same(got, want))
+
+
+def test_exact_integer_path_on_wide_float64_vectors(rng):
+    # the long accumulator: exponents over the whole float64 range, subnormals, exact zeros
+    from lowprec.accum import _ro_kernel as ro
+
+    k = 12
+    a = rng.standard_normal((60, k)) * np.exp2(rng.integers(-1070, 1000, (60, k)) / 2)
+    b = rng.standard_normal((60, k)) * np.exp2(rng.integers(-1070, 1000, (60, k)) / 2)
+    a[:5] = 2.0**-1074  # subnormal products far below float64's range
+    a[5:10, 2:] = 0.0
+    a[5:10, 1] = -a[5:10, 0]
+    b[5:10, :2] = 1.0  # exact zero sums
+    c = rng.standard_normal(60) * 1e-300
+    zero, rounded = 0, 0
+    for with_c in (False, True):
+        for r in range(60):
+            cbits = np.int64(c[r : r + 1].view(np.int64)[0])
+            v, st = ro._exact_one(
+                a[r], b[r], cbits, with_c, 52, -1022, True, np.empty(ro._DIGITS, np.int64)
+            )
+            x = ref_exact(a[r], b[r], float(c[r]) if with_c else None)
+            assert not isinstance(x, float)
+            if x == 0:
+                zero += 1
+                assert st == 1 and v == 0.0
+            else:
+                rounded += 1
+                assert st == 0 and _same(v, round_fraction(x, fp64)), (r, v, x)
+    assert zero >= 5 and rounded >= 100

@@ -17,30 +17,49 @@ runs any of them over whole (batched) matrices:
 
 Inputs are taken as exact float64 values (the caller has rounded them into the input format).
 
-How :class:`RoundOnce` is exact and fast. With ``s = fl(a @ b + c)`` from float64 BLAS and
-``t = fl(|a| @ |b| + |c|)``, the standard bound for a dot product summed in any order, FMA or not
-(Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §3.1, eq. 3.5), gives for the
-exact ``x = sum_k a_k b_k + c`` of K+1 terms, with u = 2**-53 and gamma_n = n*u/(1 - n*u):
-``|s - x| <= gamma_{K+1} * T`` where ``T = sum |a_k b_k| + |c|``, provided no product underflows;
-``t >= (1 - gamma_{K+1}) * T`` bounds T from the computed t. So
-``E = 2*(K+2)*u * t >= gamma_{K+1} * T`` (for K*u < 1/8, with room for the rounding of E itself)
-and ``x`` lies in ``[s - E, s + E]``. Rounding into ``fmt`` is monotone in every mode but
-stochastic, so when both ends of the (outward-rounded) interval round to the same value, that is
-the rounding of ``x``. Only elements whose interval straddles a rounding boundary of ``fmt`` (a
-midpoint for nearest modes) are recomputed exactly, in integer arithmetic, and rounded by the
-specification :func:`lowprec.reference.round_fraction`. With float64 BLAS and an fp32 target the
-interval is ~2**-40 of the value wide, so a random element needs the exact path with probability
-~2**-16; adversarial ties take it always and come out right. If some product could underflow
-float64 (inputs below ~2**-511), ``E`` gains ``4*(K+1)*2**-1074`` to cover the absolute errors.
+How :class:`RoundOnce` is exact and fast. ``s = fl(a @ b)`` comes from float64 BLAS; one
+compiled pass (:mod:`lowprec.accum._ro_kernel`) adds ``c`` and settles almost every element by
+one of two arguments; the rest is computed exactly.
 
-:class:`Exact` cannot use that interval (any interval straddles a float64 boundary), so it makes
-the matrix product itself error-free: Ozaki et al.'s splitting (Ozaki, Ogita, Oishi, Rump,
-Numer. Algorithms 59 (2012) 95-118) cuts each row of ``a`` and each column of ``b`` into slices
-of at most ``53 - rho`` bits on a common grid, ``rho = ceil((53 + log2 K) / 2)``, so that every
-slice product ``A_i @ B_j`` is computed exactly by float64 BLAS. The few exact slice products are
-summed with TwoSum (Knuth) into ``H + D`` plus a bounded remainder; ``H = RN64(x)`` whenever the
-residual stays inside the half gap on its side, and the rest (ties and near-ties) again take the
-exact integer path.
+1. The exactness certificate. Every product of row i of a and column j of b is a multiple of
+   ``2**g``, ``g = ga_i + gb_j`` with ``ga_i`` (``gb_j``) the lowest set bit over the row (the
+   column); with c, g is lowered to c's lowest bit. If ``g >= -1074`` and the exact sum of
+   magnitudes is below ``2**(53 + g)`` then every product and every partial sum, in any order,
+   is a multiple of ``2**g`` below ``2**(53 + g)``: a float64, so no operation rounds and ``s``
+   is the exact sum, rounded directly. The sum of magnitudes is bounded without a second
+   product by ``K max|a_i| max|b_j| + |c|`` (computed with a relative margin 2**-50 above the
+   three roundings). Sums of bf16/fp16/fp8 products such as q k^T are nearly always certified,
+   including the ties that no error interval could settle.
+2. The error interval. For the exact ``x = sum_k a_k b_k + c`` of K+1 terms, the standard bound
+   for a sum in any order, FMA or not (Higham, *Accuracy and Stability of Numerical
+   Algorithms*, 2nd ed., §3.1, eq. 3.5), with u = 2**-53 and gamma_n = n*u/(1 - n*u), gives
+   ``|s - x| <= gamma_{K+1} * T``, ``T = sum |a_k b_k| + |c|``, provided no product underflows;
+   ``E = 2*(K+2)*u * T'`` covers it for any ``T' >= T`` (K*u < 1/8, with room for the rounding
+   of E), plus ``4*(K+1)*2**-1074`` for the absolute errors of underflowing products. Rounding
+   into ``fmt`` is monotone in every mode but stochastic, so when both ends of ``[s - E, s + E]``
+   (each moved outward past the next float64) round to the same value, that is the rounding of
+   ``x``. The first pass takes ``T' = K max|a_i| max|b_j| + |c|``; the elements it leaves take a
+   second pass with ``T' = fl(|a| @ |b|) + |c|`` (``t >= (1 - gamma_K) sum|a_k b_k|``, within
+   the margin), from one BLAS product when many are left, else summed for each element alone.
+   With an fp32 target the interval is ~2**-40 of the value wide, so a random element is left
+   with probability ~2**-16; products with at most 32 rows or columns (row sums) skip the
+   statistics and the first pass.
+3. The exact path. The remaining elements (ties and near-ties) are summed exactly in integer
+   arithmetic (a long accumulator of 32-bit digits, :func:`lowprec.accum._ro_kernel._exact_one`)
+   and rounded to odd two bits below ``fmt``'s quantum; rounding that float64 into ``fmt``
+   gives the correctly rounded sum in every mode (Boldo & Melquiond, IEEE TC 57(4) 2008). Rows
+   or columns with inf or NaN, sums beyond float64 and formats whose round-to-odd grid float64
+   cannot hold take the scalar specification :func:`lowprec.reference.round_fraction`.
+
+:class:`Exact` cannot use the interval (any interval straddles a float64 boundary). Certified
+elements are ``s`` itself; when few are left they take the exact path (rounded to nearest-even
+in float64 directly), else the matrix product is made error-free first: Ozaki et al.'s splitting
+(Ozaki, Ogita, Oishi, Rump, Numer. Algorithms 59 (2012) 95-118) cuts each row of ``a`` and each
+column of ``b`` into slices of at most ``53 - rho`` bits on a common grid,
+``rho = ceil((53 + log2 K) / 2)``, so that every slice product ``A_i @ B_j`` is computed
+exactly by float64 BLAS. The few exact slice products are summed with TwoSum (Knuth) into
+``H + D`` plus a bounded remainder; ``H = RN64(x)`` whenever the residual stays inside the half
+gap on its side, and the rest (ties and near-ties) again take the exact path.
 
 Special values follow IEEE 754 for the exact sum: NaN if any term is NaN or 0 * inf or both
 +inf and -inf occur; otherwise +-inf if an infinite term occurs. An exact zero sum is +0 (the
@@ -52,20 +71,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec.accum import _ro_kernel as _ro
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format
 from lowprec.reference import round_fraction
-from lowprec.rounding import Rounding, as_carrier, round_to
+from lowprec.rounding import _MODE_CODE, _PARALLEL_MIN, Rounding, _flags, as_carrier, round_to
 
 F64 = NDArray[np.float64]
 
 _U = 2.0**-53  # unit roundoff of float64
 _ETA = 2.0**-1074  # smallest positive float64
+# Exact: the integer path costs about as much per element as this many elements of the
+# error-free splitting (a dozen BLAS products and their sums); past that share, split
+_OZAKI_SHARE = 8
+# RoundOnce: products with at most this many rows or columns skip the row/column statistics
+_FEW_OUTPUTS = 32
 
 
 @runtime_checkable
@@ -244,88 +269,188 @@ def _nonfinite_mask(a: F64, b: F64, c: F64 | None, shape: tuple[int, ...]) -> ND
     return np.broadcast_to(bad, shape)
 
 
-def _may_underflow(a: F64, b: F64) -> bool:
-    """Whether some product of nonzero finite entries could fall below float64's normal range."""
-
-    def min_abs(x: F64) -> float:
-        ax = np.abs(x[np.isfinite(x)])
-        ax = ax[ax > 0]
-        return float(ax.min()) if ax.size else math.inf
-
-    return min_abs(a) * min_abs(b) < 2.0**-1021
-
-
 # ---- round once: the fast filter ------------------------------------------------------------
 
 
-def _lowbit_exp(x: F64) -> NDArray[np.int64]:
-    """Exponent of the least significant set bit of each finite nonzero x (else a large int)."""
-    bits = x.view(np.uint64)
-    ex = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
-    man = (bits & np.uint64((1 << 52) - 1)).astype(np.int64)
-    man = np.where(ex > 0, man | (1 << 52), man)
-    q = np.where(ex > 0, ex - 1075, -1074)
-    low = man & -man
-    _, e = np.frexp(low.astype(np.float64))
-    ok = np.isfinite(x) & (x != 0)
-    return np.where(ok, q + e.astype(np.int64) - 1, 1 << 20)
+class _Prep(NamedTuple):
+    """A product laid out for the compiled loops of :mod:`lowprec.accum._ro_kernel`."""
+
+    s: F64  # fl(a @ b) (Bt, M, N), without c
+    c: F64  # the addend (Bt, M, N), or an empty (0, 0, 0) array
+    a: F64  # a (Ba, M, K), C-contiguous
+    bt: F64  # b transposed (Bb, N, K), C-contiguous
+    ia: NDArray[np.int64]  # (Bt,) batch of a for each output batch
+    ib: NDArray[np.int64]  # (Bt,) batch of b for each output batch
+    ga: NDArray[np.int64]  # (Bt, M) lowest set bit exponent over each row of a
+    amax: F64  # (Bt, M) max |a| over each row
+    oka: NDArray[np.bool_]  # (Bt, M) row of a all finite
+    gb: NDArray[np.int64]  # (Bt, N), likewise for the columns of b
+    bmax: F64
+    okb: NDArray[np.bool_]
+    shape: tuple[int, ...]  # (..., M, N)
 
 
-def _sum_is_exact(a: F64, b: F64, c: F64 | None, t: F64) -> NDArray[np.bool_]:
-    """Elements where float64 computed ``a @ b + c`` without any rounding error.
+def _stats(x: F64) -> tuple[NDArray[np.int64], F64, NDArray[np.bool_]]:
+    """Row statistics of x (R, K): see :func:`lowprec.accum._ro_kernel.row_stats_par`."""
+    r = x.shape[0]
+    g = np.empty(r, dtype=np.int64)
+    mx = np.empty(r)
+    ok = np.empty(r, dtype=np.bool_)
+    fn = _ro.row_stats_par if x.size >= _PARALLEL_MIN else _ro.row_stats_ser
+    fn(x, g, mx, ok)
+    return g, mx, ok
 
-    Every product of row i and column j, and c, is a multiple of ``2**g`` with ``g`` the sum of
-    the lowest set bits of the row's and the column's entries (the lowest bit of c). If the
-    computed ``t = fl(|a| @ |b| + |c|)`` is below ``2**(53 + g)`` then so is the exact sum of
-    magnitudes (rounding is monotone and ``2**(53 + g)`` is a float64), so every product and
-    every partial sum, in any order, is a multiple of ``2**g`` below ``2**(53 + g)``: each is a
-    float64, no operation rounds, and ``fl(a @ b + c)`` is exact. Sums of bf16/fp16/fp8 products
-    are nearly always exact this way, including the ties that no error interval could settle.
+
+def _prepare(a: F64, b: F64, c: F64 | None, stats: bool = True) -> _Prep:
+    """``s = fl(a @ b)`` from float64 BLAS and the row and column statistics.
+
+    Without ``stats`` the statistics are placeholders that certify nothing (every row and
+    column "finite", the bounds infinite): for products with few outputs per input, whose
+    elements all take the refining pass.
     """
-    ga = np.min(_lowbit_exp(a), axis=-1, initial=1 << 20)  # (..., M)
-    gb = np.min(_lowbit_exp(b), axis=-2, initial=1 << 20)  # (..., N)
-    g = ga[..., :, None] + gb[..., None, :]
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
     if c is not None:
-        g = np.minimum(g, _lowbit_exp(np.ascontiguousarray(c)))
-    g = np.clip(g, -3000, 3000)
-    with np.errstate(over="ignore"):
-        return t < np.ldexp(1.0, (53 + g).astype(np.int32))
-
-
-def _estimate(a: F64, b: F64, c: F64 | None) -> tuple[F64, F64, NDArray[np.bool_], int]:
-    """``s = fl(a @ b + c)``, an error bound ``err`` and where s is exact; see module docstring."""
-    k = a.shape[-1]
-    if 8 * (k + 2) * _U > 1:
-        raise LowprecError(f"K = {k} is too long for the float64 error bound (expected < 2**49)")
+        batch = np.broadcast_shapes(batch, c.shape[:-2] if c.ndim >= 2 else ())
+    shape = (*batch, m, n)
+    bt_n = math.prod(batch)
+    na, nb = math.prod(a.shape[:-2]), math.prod(b.shape[:-2])
+    a3 = np.ascontiguousarray(a).reshape(na, m, k)
+    bt3 = np.ascontiguousarray(np.swapaxes(b, -1, -2)).reshape(nb, n, k)
+    ia = np.broadcast_to(np.arange(na).reshape(a.shape[:-2]), batch).reshape(-1)
+    ib = np.broadcast_to(np.arange(nb).reshape(b.shape[:-2]), batch).reshape(-1)
+    if stats:
+        ga, amax, oka = _stats(a3.reshape(na * m, k))
+        gb, bmax, okb = _stats(bt3.reshape(nb * n, k))
+    else:
+        ga, amax, oka = np.zeros(na * m, np.int64), np.full(na * m, np.inf), np.ones(na * m, bool)
+        gb, bmax, okb = np.zeros(nb * n, np.int64), np.full(nb * n, np.inf), np.ones(nb * n, bool)
+    c3 = np.zeros((0, 0, 0))
+    if c is not None:
+        c3 = np.ascontiguousarray(np.broadcast_to(c, shape)).reshape(bt_n, m, n)
     with np.errstate(all="ignore"):
-        s = np.matmul(a, b)  # (..., M, N)
-        t = np.matmul(np.abs(a), np.abs(b))
-        if c is not None:
-            s = s + c
-            t = t + np.abs(c)
-        exact = _sum_is_exact(a, b, c, t)
-        err = (2.0 * (k + 2) * _U) * t
-        if _may_underflow(a, b):
-            err = err + 4.0 * (k + 1) * _ETA
-    return s, np.where(exact, 0.0, err), exact, k
+        s = np.matmul(a, b)
+    s3 = np.ascontiguousarray(np.broadcast_to(s, shape)).reshape(bt_n, m, n)
+    return _Prep(
+        s3,
+        c3,
+        a3,
+        bt3,
+        ia.astype(np.int64),
+        ib.astype(np.int64),
+        ga.reshape(na, m)[ia],
+        amax.reshape(na, m)[ia],
+        oka.reshape(na, m)[ia],
+        gb.reshape(nb, n)[ib],
+        bmax.reshape(nb, n)[ib],
+        okb.reshape(nb, n)[ib],
+        shape,
+    )
+
+
+def _round_args(fmt: Format, mode: Rounding) -> tuple[int, int, int, int, int]:
+    """(man_bits, emin, max_bits, flags, mode code) of ``fmt`` on the float64 carrier."""
+    if fmt.emin < -1022 or fmt.emin - fmt.man_bits < -1074 or fmt.emax > 1023:
+        raise LowprecError(
+            f"format {fmt.name} reaches beyond the range of the float64 accumulator; "
+            "expected a format that float64 holds"
+        )
+    max_bits = int(np.array(fmt.max, dtype=np.float64).view(np.int64))
+    return fmt.man_bits, fmt.emin, max_bits, _flags(fmt, False), _MODE_CODE[mode]
+
+
+def _decide(
+    pr: _Prep, t: F64, refine: bool, rargs: tuple[int, int, int, int, int], out: Any, flag: Any
+) -> None:
+    """Run :func:`lowprec.accum._ro_kernel.decide_par` (or its serial twin) on ``pr``."""
+    k = pr.a.shape[-1]
+    fn = _ro.decide_par if pr.s.size >= _PARALLEL_MIN else _ro.decide_ser
+    with np.errstate(over="ignore"):
+        ra = np.ldexp(pr.amax, np.clip(-pr.ga, -2000, 2000).astype(np.int32))
+        rb = np.ldexp(pr.bmax, np.clip(-pr.gb, -2000, 2000).astype(np.int32))
+    ra[~pr.oka] = np.inf
+    rb[~pr.okb] = np.inf
+    fn(
+        pr.s, pr.c, t, pr.a, pr.bt, pr.ia, pr.ib, pr.ga, pr.amax, pr.oka, pr.gb, pr.bmax,
+        pr.okb, ra, rb, refine, t.size > 0, 2.0 * (k + 2) * _U, 4.0 * (k + 1) * _ETA, *rargs,
+        out, flag,
+    )  # fmt: skip
+
+
+def _exact_at(
+    pr: _Prep, idx: NDArray[np.int64], p: int, emin: int, rne64: bool
+) -> tuple[F64, NDArray[np.int64]]:
+    """:func:`lowprec.accum._ro_kernel.exact_round_par` at the flat output indices ``idx``."""
+    vals = np.empty(idx.size)
+    status = np.empty(idx.size, dtype=np.int64)
+    m, n = pr.s.shape[1:]
+    fn = _ro.exact_round_par if idx.size >= 64 else _ro.exact_round_ser
+    fn(idx, pr.a, pr.bt, pr.c, pr.ia, pr.ib, m, n, p, emin, rne64, vals, status)
+    return vals, status
+
+
+def _finite_at(pr: _Prep, idx: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether the row of a, the column of b and c at flat output indices ``idx`` are finite."""
+    bi, i, j = np.unravel_index(idx, pr.s.shape)
+    ok = np.all(np.isfinite(pr.a[pr.ia[bi], i]), axis=-1)
+    ok &= np.all(np.isfinite(pr.bt[pr.ib[bi], j]), axis=-1)
+    if pr.c.size:
+        ok &= np.isfinite(pr.c.reshape(-1)[idx])
+    return ok
+
+
+def _fix_flat(
+    res: F64, idx: NDArray[np.int64], a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding
+) -> None:
+    """:func:`_fix_elements` at flat indices ``idx`` of ``res`` (the scalar path)."""
+    if idx.size:
+        mask = np.zeros(res.size, dtype=np.bool_)
+        mask[idx] = True
+        _fix_elements(res, mask.reshape(res.shape), a, b, c, fmt, mode)
 
 
 def _round_once(a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding) -> F64:
     """The exact ``a @ b + c`` rounded once into ``fmt`` (not fp64): see the module docstring."""
-    s, err, exact, _ = _estimate(a, b, c)
-    with np.errstate(all="ignore"):
-        lo = np.where(exact, s, np.nextafter(s - err, -np.inf))
-        hi = np.where(exact, s, np.nextafter(s + err, np.inf))
-    bad = _nonfinite_mask(a, b, c, s.shape) | ~np.isfinite(lo) | ~np.isfinite(hi)
-    lo = np.where(bad, 0.0, lo)
-    hi = np.where(bad, 0.0, hi)
-    r_lo = np.asarray(round_to(lo, fmt, mode), dtype=np.float64)
-    r_hi = np.asarray(round_to(hi, fmt, mode), dtype=np.float64)
-    undecided = bad | (r_lo != r_hi) | (np.signbit(r_lo) != np.signbit(r_hi))
-    out = np.where(exact & (s == 0), 0.0, r_hi)
-    if np.any(undecided):
-        _fix_elements(out, undecided, a, b, c, fmt, mode)
-    return out
+    k = a.shape[-1]
+    if 8 * (k + 2) * _U > 1:
+        raise LowprecError(f"K = {k} is too long for the float64 error bound (expected < 2**49)")
+    rargs = _round_args(fmt, mode)
+    m, n = a.shape[-2], b.shape[-1]
+    # few outputs per input (a row sum, a matrix-vector product): no statistics, every
+    # element takes the refining pass with its own sum |a_k b_k|
+    few = min(m, n) <= _FEW_OUTPUTS
+    pr = _prepare(a, b, c, stats=not few)
+    out = np.empty(pr.s.shape, dtype=np.int64)
+    flag = np.ones(pr.s.shape, dtype=np.uint8)
+    t: F64 = np.zeros((0, 0, 0))
+    if not few:
+        _decide(pr, t, False, rargs, out, flag)
+        count = int(np.count_nonzero(flag))
+        if count == 0:
+            return out.view(np.float64).reshape(pr.shape)
+        # many elements left: one BLAS product for sum |a_k b_k|; few: recompute each
+        if count * 16 > flag.size:
+            with np.errstate(all="ignore"):
+                tm = np.matmul(np.abs(a), np.abs(b))
+            t = np.ascontiguousarray(np.broadcast_to(tm, pr.shape), dtype=np.float64).reshape(
+                pr.s.shape
+            )
+    _decide(pr, t, True, rargs, out, flag)
+    res = out.view(np.float64).reshape(pr.shape)
+    idx = np.flatnonzero(flag)
+    if idx.size == 0:
+        return res
+    fine = _finite_at(pr, idx)
+    if fmt.man_bits > 50 or fmt.emin - fmt.man_bits - 2 < -1074:
+        fine[:] = False  # round to odd two bits below the quantum does not fit float64
+    vals, status = _exact_at(pr, idx[fine], fmt.man_bits + 2, fmt.emin, False)
+    flat = res.reshape(-1)
+    rounded = np.asarray(round_to(vals, fmt, mode), dtype=np.float64)
+    flat[idx[fine]] = np.where(status == 1, 0.0, rounded)
+    slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
+    _fix_flat(res, slow, a, b, c, fmt, mode)
+    return res
 
 
 # ---- exact: error-free matrix product ------------------------------------------------------
@@ -353,18 +478,39 @@ def _split(x: F64, axis: int, rho: int, nmax: int) -> tuple[list[F64], F64]:
 
 def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
     """The exact ``a @ b + c`` rounded once to float64 (nearest-even)."""
+    pr = _prepare(a, b, c)
+    out = np.empty(pr.s.shape, dtype=np.int64)
+    flag = np.empty(pr.s.shape, dtype=np.uint8)
+    _decide(pr, np.zeros((0, 0, 0)), False, _round_args(fp64, Rounding.NEAREST_EVEN), out, flag)
+    res = out.view(np.float64).reshape(pr.shape)
+    idx = np.flatnonzero(flag)
+    if idx.size * _OZAKI_SHARE > flag.size:
+        undecided = _ozaki(pr, a, b, c, res.reshape(-1), idx)
+        idx = idx[undecided]
+    if idx.size == 0:
+        return res
+    fine = _finite_at(pr, idx)
+    vals, status = _exact_at(pr, idx[fine], 52, -1022, True)
+    res.reshape(-1)[idx[fine]] = vals
+    slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
+    _fix_flat(res, slow, a, b, c, fp64, Rounding.NEAREST_EVEN)
+    return res
+
+
+def _ozaki(
+    pr: _Prep, a: F64, b: F64, c: F64 | None, flat: F64, idx: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Ozaki's error-free product (see the module docstring) for the elements ``idx``.
+
+    Writes ``flat[idx]`` where the result is decided; returns the undecided mask over ``idx``.
+    """
     k = max(a.shape[-1], 1)
-    a0, b0, c0 = a, b, c
-    shape = _broadcast(a, b, c)[3]
+    shape = pr.shape
     bad = _nonfinite_mask(a, b, c, shape)
     if np.any(bad):
         a = np.where(np.isfinite(a), a, 0.0)
         b = np.where(np.isfinite(b), b, 0.0)
         c = None if c is None else np.where(np.isfinite(c), c, 0.0)
-    s, _, exact, _ = _estimate(a, b, c)
-    exact &= ~bad
-    if np.all(exact):
-        return np.where(s == 0, 0.0, s)
     big = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
     rho = math.ceil((53 + math.log2(k)) / 2)
     if big >= 2.0 ** (1020 - rho):
@@ -383,8 +529,7 @@ def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
             # omitted: ra @ b + (a - ra) @ rb, bounded by |ra| @ |b| + |a - ra| @ |rb|
             rem = np.matmul(np.abs(ra), np.abs(b)) + np.matmul(np.abs(a - ra), np.abs(rb))
             extra = extra + rem * (1 + 4 * (k + 2) * _U)
-        if _may_underflow(a, b):
-            extra = extra + 4.0 * (k + 1) * len(terms) * _ETA
+        extra = extra + 4.0 * (k + 1) * len(terms) * _ETA  # products that may underflow
         h = np.zeros(shape)
         lo = np.zeros(shape)
         abs_e = np.zeros(shape)
@@ -403,13 +548,11 @@ def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
         decided = ((np.abs(d) + delta) * (1 + 8 * _U) < side / 2) & (
             delta < np.minimum(gap_up, below) / 2
         )
-        decided &= np.isfinite(big_h)
-    undecided = (bad | ~decided) & ~exact
-    out = np.where(exact, s, big_h)
-    out = np.where(out == 0, 0.0, out)
-    if np.any(undecided):
-        _fix_elements(out, undecided, a0, b0, c0, fp64, Rounding.NEAREST_EVEN)
-    return out
+        decided &= np.isfinite(big_h) & ~bad
+    ok = decided.reshape(-1)[idx]
+    val = big_h.reshape(-1)[idx]
+    flat[idx[ok]] = np.where(val[ok] == 0, 0.0, val[ok])
+    return ~ok
 
 
 # ---- the models -----------------------------------------------------------------------------

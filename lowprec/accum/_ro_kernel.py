@@ -1,0 +1,431 @@
+"""Compiled loops behind :class:`~lowprec.accum.core.RoundOnce` and :class:`~.core.Exact`.
+
+Three loops, each over the output elements of a (batched) product ``s = fl(a @ b + c)``
+computed by float64 BLAS; the proofs are in :mod:`lowprec.accum.core`'s module docstring.
+
+- :func:`row_stats`: per row of a (column of b), the exponent of the lowest set bit, the largest
+  magnitude, the smallest nonzero magnitude and whether every entry is finite.
+- :func:`decide`: per element, the exactness certificate (then ``s`` is rounded directly) or the
+  error interval around ``s`` (decided when both ends round to the same value); the rest is
+  flagged. The interval's magnitude bound comes from the row and column maxima, or, in the
+  refining pass over flagged elements only, from ``sum |a_k b_k|`` recomputed for that element.
+- :func:`exact_round`: the flagged elements exactly, in integer arithmetic: every product of
+  53-bit significands is split into 26/27-bit halves and added into a fixed-point accumulator of
+  32-bit digits held in int64 (a "long accumulator", Kulisch & Miranker, *Computer Arithmetic in
+  Theory and Practice*, 1981); the sum is then rounded to nearest-even in float64, or rounded to
+  odd two bits below the target's quantum, which the caller then rounds into the target in any
+  mode with no double-rounding error (Boldo & Melquiond, IEEE TC 57(4) 2008).
+
+Each loop is compiled twice, parallel over rows (or elements) and serial for small arrays, so a
+small product pays no thread start-up. The hot path of :func:`decide` is the certificate test
+and one add-then-truncate rounding (:func:`lowprec._round_kernel._fast_any`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from lowprec._round_kernel import RNE, _fast_any, _rne_elem, _rne_setup
+
+_MASK52 = (1 << 52) - 1
+_MASK32 = (1 << 32) - 1
+_NO_BIT = 1 << 20  # lowest-bit exponent of zero: no constraint
+_DIGITS = 140  # 32-bit digits: 4480 bits cover every sum of float64 products (~4200 bits)
+_F64_MAX_BITS = 0x7FEFFFFFFFFFFFFF  # bits of float64's largest finite value
+
+
+@numba.njit(cache=True, inline="always")
+def _lowbit(bits: np.int64) -> np.int64:
+    """Exponent of the least significant set bit of a finite nonzero float64 (else _NO_BIT).
+
+    Written without branches (selects only); for inf and NaN the value is meaningless.
+    """
+    ex = (bits >> 52) & 0x7FF
+    normal = np.int64(ex > 0)
+    man = (bits & _MASK52) | (normal << 52)
+    q = ex - 1075 + (1 - normal)  # -1074 for subnormals
+    low = q + (np.float64(man & -man).view(np.int64) >> 52) - 1023
+    return low if man != 0 else np.int64(_NO_BIT)
+
+
+def _row_stats(x: Any, g: Any, amax: Any, ok: Any) -> None:
+    """Per row of x (R, K): lowest-bit exponent, max |x| and whether all entries are finite."""
+    xb = x.view(np.int64)
+    for r in numba.prange(x.shape[0]):
+        gr = np.int64(_NO_BIT)
+        mx = 0.0
+        good = True
+        for k in range(x.shape[1]):
+            v = abs(x[r, k])
+            good &= v < np.inf
+            mx = max(mx, v)
+            gr = min(gr, _lowbit(xb[r, k]))
+        g[r] = gr
+        amax[r] = mx
+        ok[r] = good
+
+
+row_stats_par = numba.njit(cache=True, parallel=True)(_row_stats)
+row_stats_ser = numba.njit(cache=True)(_row_stats)
+
+
+@numba.njit(cache=True, inline="always")
+def _rnd(
+    x: float,
+    consts: tuple[int, np.int64, np.int64, np.int64, bool],
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+) -> np.int64:
+    """Bits of the float64 x rounded into the target (nearest-even with hoisted constants).
+
+    A target with float64's precision and range (:class:`~lowprec.accum.core.Exact`'s) leaves
+    a finite x as it is.
+    """
+    bits = np.float64(x).view(np.int64)
+    if tm == 52 and temin == -1022 and max_bits == _F64_MAX_BITS and abs(x) < np.inf:
+        return bits
+    if mode == RNE:
+        return _rne_elem(bits, consts, 52, 11, 1023, tm, temin, max_bits, flags)
+    return _fast_any(bits, np.uint64(0), 52, 11, 1023, tm, temin, max_bits, flags, mode, 64)
+
+
+@numba.njit(cache=True, inline="always")
+def _round_exact(
+    sv: float,
+    consts: tuple[int, np.int64, np.int64, np.int64, bool],
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+) -> np.int64:
+    """Bits of an exact sum ``sv`` rounded into the target; an exact zero sum is +0."""
+    if sv == 0.0:
+        return np.int64(0)
+    return _rnd(sv, consts, tm, temin, max_bits, flags, mode)
+
+
+@numba.njit(cache=True, inline="always")
+def _interval(
+    sv: float,
+    err: float,
+    consts: tuple[int, np.int64, np.int64, np.int64, bool],
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+) -> tuple[bool, np.int64]:
+    """Whether every x in [sv - err, sv + err] (rounded outward) rounds the same; the bits."""
+    lo = sv - err
+    lo = lo - (abs(lo) * 2.0**-52 + 5e-324)  # below the next float64 under sv - err
+    hi = sv + err
+    hi = hi + (abs(hi) * 2.0**-52 + 5e-324)
+    if not (abs(lo) < np.inf and abs(hi) < np.inf):
+        return False, np.int64(0)
+    r_lo = _rnd(lo, consts, tm, temin, max_bits, flags, mode)
+    r_hi = _rnd(hi, consts, tm, temin, max_bits, flags, mode)
+    return r_lo == r_hi, r_hi
+
+
+def _decide(
+    s: Any,
+    c: Any,
+    t: Any,
+    a: Any,
+    bt: Any,
+    ia: Any,
+    ib: Any,
+    ga: Any,
+    amax: Any,
+    oka: Any,
+    gb: Any,
+    bmax: Any,
+    okb: Any,
+    ra: Any,
+    rb: Any,
+    refine: bool,
+    use_t: bool,
+    e_coef: float,
+    under: float,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+    out: Any,
+    flag: Any,
+) -> None:
+    """Round the elements of s (Bt, M, N) that the certificate or the interval decides.
+
+    Args:
+        s: ``fl(a @ b)`` (Bt, M, N); the loop adds c.
+        c: The addend (Bt, M, N), or an empty array.
+        t: ``fl(|a| @ |b|)`` (Bt, M, N) when ``use_t``; else empty.
+        a, bt: a (Ba, M, K) and b transposed (Bb, N, K), read when ``refine`` and not ``use_t``.
+        ia, ib: Batch index of a and of b for each output batch (Bt,).
+        ga, amax, oka: Row statistics of a, per output row (Bt, M).
+        gb, bmax, okb: Column statistics of b, per output column (Bt, N).
+        ra, rb: ``max|a| 2**-ga`` (Bt, M) and ``max|b| 2**-gb`` (Bt, N); inf on overflow and
+            for a row (column) holding inf or NaN.
+        refine: First pass (False): every element; the certificate, else the interval with
+            the bound ``K max|a| max|b| + |c|``. Refining pass (True): flagged elements only,
+            the interval with ``sum |a_k b_k| + |c|`` (from ``t`` or recomputed); rows and
+            columns with inf or NaN leave that bound non-finite, hence undecided.
+        e_coef: ``2 (K + 2) u``; under: the absolute error term for underflowing products.
+        tm, temin, max_bits, flags, mode: Target format and mode as for ``round_one``.
+        out: Result bits (Bt, M, N) as int64 (written where decided).
+        flag: 1 where undecided (written in the first pass; cleared when refined).
+    """
+    bsz, m, n = s.shape
+    kdim = a.shape[2]
+    kf = float(kdim)
+    rlim = 2.0**53 / (kf * (1.0 + 2.0**-49)) if kdim > 0 else np.inf
+    has_c = c.size > 0
+    cb = c.view(np.int64)
+    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    for row in numba.prange(bsz * m):
+        bi = row // m
+        i = row - bi * m
+        gi = ga[bi, i]
+        ai = amax[bi, i] * kf
+        glim = -1074 - gi
+        rai = ra[bi, i]
+        oki = oka[bi, i]
+        for j in range(n):
+            if refine and flag[bi, i, j] == 0:
+                continue
+            cv = c[bi, i, j] if has_c else 0.0
+            sv = s[bi, i, j] + cv
+            if not refine and not has_c:
+                # the certificate on significands: K max|a| 2**-ga max|b| 2**-gb < 2**53
+                if gb[bi, j] >= glim and rai * rb[bi, j] < rlim:
+                    out[bi, i, j] = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
+                    flag[bi, i, j] = 0
+                    continue
+            ok = oki and okb[bi, j] and abs(cv) < np.inf
+            if not refine:
+                bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
+            elif use_t:
+                bound = t[bi, i, j] + abs(cv)
+            else:
+                acc = 0.0
+                ar = ia[bi]
+                br = ib[bi]
+                for k in range(kdim):
+                    acc += abs(a[ar, i, k]) * abs(bt[br, j, k])
+                bound = acc + abs(cv)
+            decided = False
+            res = np.int64(0)
+            if ok:
+                err = e_coef * bound * (1.0 + 2.0**-50) + under
+                decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, mode)
+            if ok and not decided and has_c and not refine:
+                # the certificate with c: every term a multiple of 2**g, the sum below 2**(53+g)
+                g = gi + gb[bi, j]
+                if cv != 0.0:
+                    g = min(g, _lowbit(cb[bi, i, j]))
+                lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
+                if g >= -1074 and bound < np.int64(lim).view(np.float64):
+                    decided = True
+                    res = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
+            if decided:
+                out[bi, i, j] = res
+                flag[bi, i, j] = 0
+            else:
+                flag[bi, i, j] = 1
+
+
+decide_par = numba.njit(cache=True, parallel=True)(_decide)
+decide_ser = numba.njit(cache=True)(_decide)
+
+
+@numba.njit(cache=True, inline="always")
+def _split_f64(bits: np.int64) -> tuple[np.int64, np.int64, np.int64]:
+    """A finite float64 as (negative, 53-bit significand, exponent): value = +-sig * 2**exp."""
+    ex = (bits >> 52) & 0x7FF
+    sig = bits & _MASK52
+    if ex > 0:
+        sig |= np.int64(1) << 52
+    e = ex - 1075 if ex > 0 else np.int64(-1074)
+    return (bits >> 63) & 1, sig, e
+
+
+@numba.njit(cache=True, inline="always")
+def _add_at(d: Any, v: np.int64, pos: np.int64, neg: np.int64) -> None:
+    """Add (or subtract) ``v`` (< 2**56) times 2**pos into the digits d (base 2**32)."""
+    idx = pos >> 5
+    off = pos & 31
+    v0 = (v & _MASK32) << off  # < 2**63
+    v1 = (v >> 32) << off  # < 2**55
+    if neg:
+        d[idx] -= v0 & _MASK32
+        d[idx + 1] -= (v0 >> 32) + (v1 & _MASK32)
+        d[idx + 2] -= v1 >> 32
+    else:
+        d[idx] += v0 & _MASK32
+        d[idx + 1] += (v0 >> 32) + (v1 & _MASK32)
+        d[idx + 2] += v1 >> 32
+
+
+@numba.njit(cache=True, inline="always")
+def _bit_length(v: np.int64) -> np.int64:
+    return np.int64(math.frexp(float(v))[1]) if v > 0 else np.int64(0)
+
+
+@numba.njit(cache=True)
+def _bits_at(d: Any, lo: np.int64, nbits: np.int64) -> np.int64:
+    """The integer held by bits lo .. lo+nbits-1 (nbits <= 60) of the digits d."""
+    val = np.int64(0)
+    for t in range(nbits):
+        p = lo + t
+        val |= ((d[p >> 5] >> (p & 31)) & 1) << t
+    return val
+
+
+@numba.njit(cache=True)
+def _any_below(d: Any, pos: np.int64) -> bool:
+    """Whether some bit below position ``pos`` of the digits d is set."""
+    if pos <= 0:
+        return False
+    idx = pos >> 5
+    for k in range(idx):
+        if d[k] != 0:
+            return True
+    off = pos & 31
+    return bool(off > 0 and (d[idx] & ((np.int64(1) << off) - 1)) != 0)
+
+
+@numba.njit(cache=True)
+def _exact_one(
+    arow: Any, brow: Any, cbits: np.int64, has_c: bool, p: int, emin: int, rne64: bool, d: Any
+) -> tuple[float, np.int64]:
+    """The exact ``sum arow*brow (+ c)`` of finite float64s, rounded.
+
+    Returns ``(value, status)``: with ``rne64`` the sum rounded to nearest-even in float64; else
+    the sum rounded to odd on the grid ``2**(max(E, emin) - p)``, ``2**E <= |x| < 2**(E+1)``.
+    status is 0 for such a value, 1 for an exact zero sum (value +0), 2 for a result beyond the
+    float64 range (value 0: the caller takes the scalar path).
+    """
+    kdim = arow.shape[0]
+    ab = arow.view(np.int64)
+    bb = brow.view(np.int64)
+    base = np.int64(1 << 30)
+    top = np.int64(-(1 << 30))
+    for k in range(kdim):
+        if arow[k] != 0.0 and brow[k] != 0.0:
+            e = _split_f64(ab[k])[2] + _split_f64(bb[k])[2]
+            base = min(base, e)
+            top = max(top, e)
+    if has_c:
+        na, sc, ec = _split_f64(cbits)
+        if sc != 0:
+            base = min(base, ec)
+            top = max(top, ec - 53)
+    if base > top:
+        return 0.0, np.int64(1)
+    ndig = ((top - base + 106 + 64) >> 5) + 4
+    for q in range(ndig):
+        d[q] = 0
+    for k in range(kdim):
+        if (k & 0xFFFFF) == 0xFFFFF:  # keep every digit far from int64 overflow
+            for q in range(ndig - 1):
+                cy = d[q] >> 32
+                d[q] -= cy << 32
+                d[q + 1] += cy
+        if arow[k] != 0.0 and brow[k] != 0.0:
+            na, sa, ea = _split_f64(ab[k])
+            nb, sbv, eb = _split_f64(bb[k])
+            neg = na ^ nb
+            pos = ea + eb - base
+            ah = sa >> 26
+            al = sa & ((1 << 26) - 1)
+            bh = sbv >> 26
+            bl = sbv & ((1 << 26) - 1)
+            _add_at(d, ah * bh, pos + 52, neg)
+            _add_at(d, ah * bl + al * bh, pos + 26, neg)
+            _add_at(d, al * bl, pos, neg)
+    if has_c:
+        nc, sc, ec = _split_f64(cbits)
+        if sc != 0:
+            _add_at(d, sc, ec - base, nc)
+    for q in range(ndig - 1):
+        cy = d[q] >> 32
+        d[q] -= cy << 32
+        d[q + 1] += cy
+    negative = d[ndig - 1] < 0
+    if negative:
+        for q in range(ndig):
+            d[q] = -d[q]
+        for q in range(ndig - 1):
+            cy = d[q] >> 32
+            d[q] -= cy << 32
+            d[q + 1] += cy
+    hi = ndig - 1
+    while hi >= 0 and d[hi] == 0:
+        hi -= 1
+    if hi < 0:
+        return 0.0, np.int64(1)
+    tb = np.int64(32 * hi) + _bit_length(d[hi]) - 1  # top bit position
+    big_e = base + tb
+    qe = max(big_e, np.int64(emin)) - p  # exponent of the result's quantum
+    lo = qe - base
+    if lo <= 0:
+        kept = _bits_at(d, np.int64(0), tb + 1) << (-lo)
+        half = False
+        sticky = False
+    else:
+        kept = _bits_at(d, lo, tb - lo + 1) if tb >= lo else np.int64(0)
+        half = ((d[(lo - 1) >> 5] >> ((lo - 1) & 31)) & 1) == 1
+        sticky = _any_below(d, lo - 1)
+    if rne64:
+        if half and (sticky or (kept & 1) == 1):
+            kept += 1
+    elif half or sticky:
+        kept |= 1
+    if qe + _bit_length(kept) > 1024:
+        return 0.0, np.int64(2)
+    val = math.ldexp(float(kept), int(qe))
+    return (-val if negative else val), np.int64(0)
+
+
+def _exact_round(
+    idx: Any,
+    a: Any,
+    bt: Any,
+    c: Any,
+    ia: Any,
+    ib: Any,
+    m: int,
+    n: int,
+    p: int,
+    emin: int,
+    rne64: bool,
+    vals: Any,
+    status: Any,
+) -> None:
+    """:func:`_exact_one` for the flat output indices ``idx`` of a (Bt, M, N) product."""
+    has_c = c.size > 0
+    cb = c.view(np.int64).reshape(-1)
+    for q in numba.prange(idx.shape[0]):
+        f = idx[q]
+        bi = f // (m * n)
+        rest = f - bi * m * n
+        i = rest // n
+        j = rest - i * n
+        d = np.empty(_DIGITS, dtype=np.int64)
+        cbits = cb[f] if has_c else np.int64(0)
+        v, st = _exact_one(a[ia[bi], i], bt[ib[bi], j], cbits, has_c, p, emin, rne64, d)
+        vals[q] = v
+        status[q] = st
+
+
+exact_round_par = numba.njit(cache=True, parallel=True)(_exact_round)
+exact_round_ser = numba.njit(cache=True)(_exact_round)
