@@ -26,6 +26,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from lowprec._jit import parallel_and_serial
+
 # Mode codes shared with lowprec.rounding.Rounding (the order of that Enum's members).
 RNE, RNA, RTZ, RUP, RDN, ODD, SR = 0, 1, 2, 3, 4, 5, 6
 
@@ -212,8 +214,7 @@ def _fast_any(
     return res | (a & sign_bit)
 
 
-@numba.njit(cache=True, parallel=True)
-def round_bits(
+def _round_bits(
     src: np.ndarray,
     out: np.ndarray,
     rand: np.ndarray,
@@ -231,6 +232,8 @@ def round_bits(
 
     The mode is tested inside the element function; nearest-even, the hot path of every
     emulated kernel, has loops of its own with the mode fixed (:func:`round_bits_rne`).
+    Compiled twice (:func:`lowprec._jit.parallel_and_serial`): ``round_bits`` runs in
+    parallel, ``round_bits_serial`` on one thread for small arrays (no thread start-up).
 
     Args:
         src: Source bit patterns (uint32 for float32, uint64 for float64).
@@ -248,30 +251,7 @@ def round_bits(
         )
 
 
-@numba.njit(cache=True)
-def round_bits_serial(
-    src: np.ndarray,
-    out: np.ndarray,
-    rand: np.ndarray,
-    sm: int,
-    se: int,
-    sb: int,
-    tm: int,
-    temin: int,
-    max_bits: int,
-    flags: int,
-    mode: int,
-    rand_bits: int,
-) -> None:
-    """:func:`round_bits` on one thread, for small arrays (no thread start-up per call)."""
-    rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
-    if rand_bits < 64:
-        rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
-    for i in range(src.size):
-        r = np.uint64(rand[i]) & rmask if mode == SR else np.uint64(0)
-        out[i] = _fast_any(
-            np.int64(src[i]), r, sm, se, sb, tm, temin, max_bits, flags, mode, rand_bits
-        )
+round_bits, round_bits_serial = parallel_and_serial(_round_bits)
 
 
 @numba.njit(cache=True, inline="always")
@@ -312,8 +292,7 @@ def _rne_elem(
     return res | (a & sign_bit)
 
 
-@numba.njit(cache=True, parallel=True)
-def round_bits_rne(
+def _round_bits_rne(
     src: np.ndarray,
     out: np.ndarray,
     sm: int,
@@ -330,19 +309,4 @@ def round_bits_rne(
         out[i] = _rne_elem(np.int64(src[i]), c, sm, se, sb, tm, temin, max_bits, flags)
 
 
-@numba.njit(cache=True)
-def round_bits_rne_serial(
-    src: np.ndarray,
-    out: np.ndarray,
-    sm: int,
-    se: int,
-    sb: int,
-    tm: int,
-    temin: int,
-    max_bits: int,
-    flags: int,
-) -> None:
-    """:func:`round_bits_rne` on one thread, for small arrays."""
-    c = _rne_setup(sm, se, sb, tm, temin, flags)
-    for i in range(src.size):
-        out[i] = _rne_elem(np.int64(src[i]), c, sm, se, sb, tm, temin, max_bits, flags)
+round_bits_rne, round_bits_rne_serial = parallel_and_serial(_round_bits_rne)

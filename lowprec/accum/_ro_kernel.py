@@ -29,6 +29,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from lowprec._jit import parallel_and_serial
 from lowprec._round_kernel import RNE, _fast_any, _rne_elem, _rne_setup
 
 _MASK52 = (1 << 52) - 1
@@ -69,8 +70,7 @@ def _row_stats(x: Any, g: Any, amax: Any, ok: Any) -> None:
         ok[r] = good
 
 
-row_stats_par = numba.njit(cache=True, parallel=True)(_row_stats)
-row_stats_ser = numba.njit(cache=True)(_row_stats)
+row_stats_par, row_stats_ser = parallel_and_serial(_row_stats)
 
 
 @numba.njit(cache=True, inline="always")
@@ -243,8 +243,7 @@ def _decide(
                 flag[bi, i, j] = 1
 
 
-decide_par = numba.njit(cache=True, parallel=True)(_decide)
-decide_ser = numba.njit(cache=True)(_decide)
+decide_par, decide_ser = parallel_and_serial(_decide)
 
 
 @numba.njit(cache=True, inline="always")
@@ -427,5 +426,4 @@ def _exact_round(
         status[q] = st
 
 
-exact_round_par = numba.njit(cache=True, parallel=True)(_exact_round)
-exact_round_ser = numba.njit(cache=True)(_exact_round)
+exact_round_par, exact_round_ser = parallel_and_serial(_exact_round)
