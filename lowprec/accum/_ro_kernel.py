@@ -247,6 +247,199 @@ decide_par, decide_ser = parallel_and_serial(_decide)
 
 
 @numba.njit(cache=True, inline="always")
+def _rne_fast(bits: np.int64, shift: int, sign_bit: np.int64) -> np.int64:
+    """Nearest-even by add-then-truncate, valid in the target's normal range (no branches)."""
+    mag = bits & (sign_bit - 1)
+    res = ((mag + ((np.int64(1) << (shift - 1)) - 1) + ((mag >> shift) & 1)) >> shift) << shift
+    return res | (bits & sign_bit)
+
+
+@numba.njit(cache=True)
+def _fast_row(
+    sbits: Any,
+    gb: Any,
+    rb: Any,
+    glim: int,
+    rai: float,
+    rlim: float,
+    rc: tuple[int, np.int64, np.int64, np.int64, bool],
+    max_bits: int,
+    out: Any,
+    flag: Any,
+) -> np.int64:
+    """One row of :func:`_decide_rne` without c: the certificate and add-then-truncate.
+
+    Returns how many elements it left flagged (1) for the general path.
+    """
+    shift, sign_bit, normal_bits, inf_bits, _ = rc
+    pending = np.int64(0)
+    for j in range(sbits.shape[0]):
+        bits = sbits[j]
+        mag = bits & (sign_bit - 1)
+        res = _rne_fast(bits, shift, sign_bit)
+        good = (gb[j] >= glim) & (rai * rb[j] < rlim)
+        good &= (mag >= normal_bits) & (mag < inf_bits) & ((res & (sign_bit - 1)) <= max_bits)
+        out[j] = res
+        bad = np.uint8(1) - np.uint8(good)
+        flag[j] = bad
+        pending += bad
+    return pending
+
+
+@numba.njit(cache=True)
+def _fast_row_c(
+    s: Any,
+    c: Any,
+    bmax: Any,
+    okb: Any,
+    gb: Any,
+    ai: float,
+    oki: bool,
+    gi: int,
+    e_coef: float,
+    under: float,
+    rc: tuple[int, np.int64, np.int64, np.int64, bool],
+    max_bits: int,
+    out: Any,
+    flag: Any,
+) -> np.int64:
+    """One row of :func:`_decide_rne` with c: the interval in one rounding (see there), or
+    else :func:`_decide`'s certificate with c (then s + c is exact).
+
+    Returns how many elements it left flagged (1) for the general path.
+    """
+    shift, sign_bit, normal_bits, inf_bits, _ = rc
+    half = np.int64(1) << (shift - 1)
+    quarter = np.int64(1) << (shift - 2)
+    pending = np.int64(0)
+    cb = c.view(np.int64)
+    for j in range(s.shape[0]):
+        cv = c[j]
+        sv = s[j] + cv
+        bound = (ai * bmax[j] + abs(cv)) * (1.0 + 2.0**-50)
+        err = e_coef * bound * (1.0 + 2.0**-50) + under
+        # decided when err is below the distance from sv to the nearest midpoint of the
+        # target's grid, counted in float64 ulps of sv (exact integers): the midpoint above or
+        # below within sv's binade, or a quarter quantum, which bounds the distance to the
+        # first midpoint below the binade
+        bits = np.float64(sv).view(np.int64)
+        mag = bits & (sign_bit - 1)
+        ex = mag >> 52
+        rem = mag & ((np.int64(1) << shift) - 1)
+        dist = min(abs(rem - half), quarter)
+        unit = np.int64(2098 - max(ex, np.int64(100))) << 52  # 2**(52 - E), E of sv
+        err_u = err * np.int64(unit).view(np.float64)
+        ok = oki & okb[j] & (abs(cv) < np.inf)
+        # the certificate with c: every term a multiple of 2**g, the sum below 2**(53+g)
+        g = min(gi + gb[j], _lowbit(cb[j]))
+        lim = np.int64(min(53 + max(g, -1074), 1023) + 1023) << 52  # bits of 2**(53 + g)
+        exact = (g >= -1074) & (bound < np.int64(lim).view(np.float64))
+        good = ok & ((err_u < float(dist)) | exact)
+        res = _rne_fast(bits, shift, sign_bit)
+        good &= (mag >= normal_bits) & (mag < inf_bits) & (ex >= 100)
+        good &= (res & (sign_bit - 1)) <= max_bits
+        out[j] = res
+        bad = np.uint8(1) - np.uint8(good)
+        flag[j] = bad
+        pending += bad
+    return pending
+
+
+def _decide_rne(
+    s: Any,
+    c: Any,
+    ga: Any,
+    amax: Any,
+    oka: Any,
+    gb: Any,
+    bmax: Any,
+    okb: Any,
+    ra: Any,
+    rb: Any,
+    kdim: int,
+    e_coef: float,
+    under: float,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    out: Any,
+    flag: Any,
+) -> None:
+    """:func:`_decide`'s first pass for nearest-even into a format at least 2 bits narrower
+    than float64 (``tm <= 50``), with the same bits as ``_decide(refine=False)``.
+
+    Per row, one branch-free loop rounds every element by add-then-truncate and marks the
+    elements it cannot settle; a second loop gives only those the general per-element path of
+    :func:`_decide` (what it leaves undecided goes on to the refining pass). Without c the test
+    is the certificate. With c it is the interval of :func:`_interval` tested in one rounding:
+    every point of ``[sv - err, sv + err]`` rounds as sv does when err is below sv's distance
+    to the nearest midpoint of the target's grid. Either way a decided element holds the exact
+    sum correctly rounded, the value ``_decide`` gives it.
+    """
+    bsz, m, n = s.shape
+    kf = float(kdim)
+    rlim = 2.0**53 / (kf * (1.0 + 2.0**-49)) if kdim > 0 else np.inf
+    has_c = c.size > 0
+    cb = c.view(np.int64)
+    sb_ = s.view(np.int64)
+    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    for row in numba.prange(bsz * m):
+        bi = row // m
+        i = row - bi * m
+        gi = ga[bi, i]
+        ai = amax[bi, i] * kf
+        glim = -1074 - gi
+        rai = ra[bi, i]
+        oki = oka[bi, i]
+        if has_c:
+            pending = _fast_row_c(
+                s[bi, i], c[bi, i], bmax[bi], okb[bi], gb[bi], ai, oki, gi, e_coef, under, rc,
+                max_bits,
+                out[bi, i], flag[bi, i],
+            )  # fmt: skip
+        else:
+            pending = _fast_row(
+                sb_[bi, i], gb[bi], rb[bi], glim, rai, rlim, rc, max_bits, out[bi, i], flag[bi, i]
+            )
+        if pending == 0:
+            continue
+        for j in range(n):
+            if flag[bi, i, j] == 0:
+                continue
+            cv = c[bi, i, j] if has_c else 0.0
+            sv = s[bi, i, j] + cv
+            if not has_c:
+                if gb[bi, j] >= glim and rai * rb[bi, j] < rlim:
+                    out[bi, i, j] = _round_exact(sv, rc, tm, temin, max_bits, flags, RNE)
+                    flag[bi, i, j] = 0
+                    continue
+            ok = oki and okb[bi, j] and abs(cv) < np.inf
+            bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
+            decided = False
+            res = np.int64(0)
+            if ok:
+                err = e_coef * bound * (1.0 + 2.0**-50) + under
+                decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, RNE)
+            if ok and not decided and has_c:
+                g = gi + gb[bi, j]
+                if cv != 0.0:
+                    g = min(g, _lowbit(cb[bi, i, j]))
+                lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
+                if g >= -1074 and bound < np.int64(lim).view(np.float64):
+                    decided = True
+                    res = _round_exact(sv, rc, tm, temin, max_bits, flags, RNE)
+            if decided:
+                out[bi, i, j] = res
+                flag[bi, i, j] = 0
+            else:
+                flag[bi, i, j] = 1
+
+
+decide_rne_par, decide_rne_ser = parallel_and_serial(_decide_rne)
+
+
+@numba.njit(cache=True, inline="always")
 def _split_f64(bits: np.int64) -> tuple[np.int64, np.int64, np.int64]:
     """A finite float64 as (negative, 53-bit significand, exponent): value = +-sig * 2**exp."""
     ex = (bits >> 52) & 0x7FF

@@ -76,6 +76,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec._round_kernel import F_SIGNED as _RK_SIGNED
+from lowprec._round_kernel import RNE as _RK_RNE
 from lowprec.accum import _ro_kernel as _ro
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format
@@ -290,7 +292,10 @@ class _Prep(NamedTuple):
     shape: tuple[int, ...]  # (..., M, N)
 
 
-def _stats(x: F64) -> tuple[NDArray[np.int64], F64, NDArray[np.bool_]]:
+_Stats = tuple[NDArray[np.int64], F64, NDArray[np.bool_]]
+
+
+def _stats(x: F64) -> _Stats:
     """Row statistics of x (R, K): see :func:`lowprec.accum._ro_kernel.row_stats_par`."""
     r = x.shape[0]
     g = np.empty(r, dtype=np.int64)
@@ -301,12 +306,23 @@ def _stats(x: F64) -> tuple[NDArray[np.int64], F64, NDArray[np.bool_]]:
     return g, mx, ok
 
 
-def _prepare(a: F64, b: F64, c: F64 | None, stats: bool = True) -> _Prep:
+def _a_stats(a: F64) -> _Stats:
+    """The row statistics of a (..., M, K) that :func:`_prepare` computes, for reuse.
+
+    A caller multiplying the same a by several b (attention's queries by each key block)
+    computes them once and passes them to :func:`_round_once`.
+    """
+    return _stats(np.ascontiguousarray(a, dtype=np.float64).reshape(-1, a.shape[-1]))
+
+
+def _prepare(
+    a: F64, b: F64, c: F64 | None, stats: bool = True, a_stats: _Stats | None = None
+) -> _Prep:
     """``s = fl(a @ b)`` from float64 BLAS and the row and column statistics.
 
     Without ``stats`` the statistics are placeholders that certify nothing (every row and
     column "finite", the bounds infinite): for products with few outputs per input, whose
-    elements all take the refining pass.
+    elements all take the refining pass. ``a_stats``: a's statistics from :func:`_a_stats`.
     """
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k = a.shape[-2:]
@@ -321,7 +337,7 @@ def _prepare(a: F64, b: F64, c: F64 | None, stats: bool = True) -> _Prep:
     ia = np.broadcast_to(np.arange(na).reshape(a.shape[:-2]), batch).reshape(-1)
     ib = np.broadcast_to(np.arange(nb).reshape(b.shape[:-2]), batch).reshape(-1)
     if stats:
-        ga, amax, oka = _stats(a3.reshape(na * m, k))
+        ga, amax, oka = _stats(a3.reshape(na * m, k)) if a_stats is None else a_stats
         gb, bmax, okb = _stats(bt3.reshape(nb * n, k))
     else:
         ga, amax, oka = np.zeros(na * m, np.int64), np.full(na * m, np.inf), np.ones(na * m, bool)
@@ -371,6 +387,14 @@ def _decide(
         rb = np.ldexp(pr.bmax, np.clip(-pr.gb, -2000, 2000).astype(np.int32))
     ra[~pr.oka] = np.inf
     rb[~pr.okb] = np.inf
+    tm, _, _, flags, mode = rargs
+    if not refine and mode == _RK_RNE and 0 < tm <= 50 and flags & _RK_SIGNED:
+        fast = _ro.decide_rne_par if pr.s.size >= _PARALLEL_MIN else _ro.decide_rne_ser
+        fast(
+            pr.s, pr.c, pr.ga, pr.amax, pr.oka, pr.gb, pr.bmax, pr.okb, ra, rb, k,
+            2.0 * (k + 2) * _U, 4.0 * (k + 1) * _ETA, *rargs[:4], out, flag,
+        )  # fmt: skip
+        return
     fn(
         pr.s, pr.c, t, pr.a, pr.bt, pr.ia, pr.ib, pr.ga, pr.amax, pr.oka, pr.gb, pr.bmax,
         pr.okb, ra, rb, refine, t.size > 0, 2.0 * (k + 2) * _U, 4.0 * (k + 1) * _ETA, *rargs,
@@ -410,8 +434,15 @@ def _fix_flat(
         _fix_elements(res, mask.reshape(res.shape), a, b, c, fmt, mode)
 
 
-def _round_once(a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding) -> F64:
-    """The exact ``a @ b + c`` rounded once into ``fmt`` (not fp64): see the module docstring."""
+def _round_once(
+    a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding, a_stats: _Stats | None = None
+) -> F64:
+    """The exact ``a @ b + c`` rounded once into ``fmt`` (not fp64): see the module docstring.
+
+    ``a_stats``: a's row statistics from :func:`_a_stats`, when the caller reuses them; g
+    may also be any lower bound of each row's lowest-bit exponent (every entry a multiple of
+    ``2**g`` is all the certificates use) and amax any upper bound of ``max |a|``.
+    """
     k = a.shape[-1]
     if 8 * (k + 2) * _U > 1:
         raise LowprecError(f"K = {k} is too long for the float64 error bound (expected < 2**49)")
@@ -420,7 +451,7 @@ def _round_once(a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding) -> F
     # few outputs per input (a row sum, a matrix-vector product): no statistics, every
     # element takes the refining pass with its own sum |a_k b_k|
     few = min(m, n) <= _FEW_OUTPUTS
-    pr = _prepare(a, b, c, stats=not few)
+    pr = _prepare(a, b, c, stats=not few, a_stats=a_stats)
     out = np.empty(pr.s.shape, dtype=np.int64)
     flag = np.ones(pr.s.shape, dtype=np.uint8)
     t: F64 = np.zeros((0, 0, 0))

@@ -38,19 +38,26 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec._jit import parallel_and_serial
+from lowprec._round_kernel import _rne_elem, _rne_setup
 from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
+from lowprec.accum._ro_kernel import _NO_BIT
+from lowprec.accum.core import _a_stats, _round_once
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format
 from lowprec.kernels.policy import AttentionPolicy
-from lowprec.rounding import Rounding, as_carrier, round_to
+from lowprec.rounding import _PARALLEL_MIN, Rounding, _flags, as_carrier, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
 
 F64 = NDArray[np.float64]
 
 _LOG2E = 1.0 / math.log(2.0)
+_MAG64 = (1 << 63) - 1  # float64 bits less the sign
+_INF64 = 0x7FF << 52  # bits of float64 inf
 _EXACT = Exact()
 
 
@@ -98,6 +105,144 @@ def _r_acc(x: F64, model: Any, fmt: Format) -> F64:
     ):
         return x
     return _r(x, fmt)
+
+
+# ---- fused passes: the same operations and roundings as the numpy code, in one loop -----------
+
+
+@numba.njit(cache=True, inline="always")
+def _rne64(x: float, rc: Any, tm: int, temin: int, max_bits: int, flags: int) -> np.int64:
+    """Bits of the float64 x rounded to nearest-even into the target (as ``round_to``)."""
+    return _rne_elem(np.float64(x).view(np.int64), rc, 52, 11, 1023, tm, temin, max_bits, flags)
+
+
+@numba.njit(cache=True, inline="always")
+def _rne_quick(bits: np.int64, rc: Any, max_bits: int) -> tuple[np.int64, np.int64]:
+    """Add-then-truncate nearest-even without branches, and 1 where it is not valid.
+
+    Valid (then equal to :func:`_rne_elem`) for a magnitude in the target's normal range
+    whose result does not overflow; the caller redoes the other elements with ``_rne_elem``.
+    """
+    shift, sign_bit, normal_bits, inf_bits, general = rc
+    mag = bits & (sign_bit - 1)
+    res = ((mag + ((np.int64(1) << (shift - 1)) - 1) + ((mag >> shift) & 1)) >> shift) << shift
+    ok = (mag >= normal_bits) & (mag < inf_bits) & (res <= max_bits) & (not general)
+    return res | (bits & sign_bit), np.int64(1) - np.int64(ok)
+
+
+def _shift_round(s: Any, coef: float, mm: Any, out: Any, fa: Any) -> None:
+    """``out = round(s * coef - mm)`` per row: s (R, C), mm (R,), out (R, C) int64 bits."""
+    tm, temin, max_bits, flags = fa
+    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    for r in numba.prange(s.shape[0]):
+        mr = mm[r]
+        bad = np.int64(0)
+        for j in range(s.shape[1]):
+            res, b = _rne_quick(np.float64(s[r, j] * coef - mr).view(np.int64), rc, max_bits)
+            out[r, j] = res
+            bad += b
+        if bad:
+            for j in range(s.shape[1]):
+                out[r, j] = _rne64(s[r, j] * coef - mr, rc, tm, temin, max_bits, flags)
+
+
+def _round_two(x: Any, out1: Any, out2: Any, fa: Any, fb: Any, g: Any, amax: Any, ok: Any) -> None:
+    """``out1 = round_a(x)`` and ``out2 = round_b(out1)`` per row: x, out1, out2 (R, C).
+
+    Also row statistics of out2 for ``RoundOnce`` (as
+    :func:`lowprec.accum._ro_kernel.row_stats_par` gives them, except that g is the lower bound
+    ``min E - tb`` over the nonzero entries, E their exponent, tb format b's significand bits:
+    every entry is a multiple of ``2**g``, which is all the certificate uses): g, amax, ok (R,).
+    """
+    ta, ea, ma, fla = fa
+    tb, eb, mb, flb = fb
+    ra = _rne_setup(52, 11, 1023, ta, ea, fla)
+    rb = _rne_setup(52, 11, 1023, tb, eb, flb)
+    xb = x.view(np.int64)
+    for r in numba.prange(x.shape[0]):
+        bad = np.int64(0)
+        for j in range(x.shape[1]):
+            b1, bad1 = _rne_quick(xb[r, j], ra, ma)
+            b2, bad2 = _rne_quick(b1, rb, mb)
+            out1[r, j] = b1
+            out2[r, j] = b2
+            bad += bad1 | bad2
+        if bad:
+            for j in range(x.shape[1]):
+                b1 = _rne_elem(xb[r, j], ra, 52, 11, 1023, ta, ea, ma, fla)
+                out1[r, j] = b1
+                out2[r, j] = _rne_elem(b1, rb, 52, 11, 1023, tb, eb, mb, flb)
+        # on magnitude bits: integer order is the order of |value| (NaN above inf)
+        emin_r = np.int64(4096)
+        mx = np.int64(0)
+        for j in range(x.shape[1]):
+            mag = out2[r, j] & _MAG64
+            mx = max(mx, mag)
+            e = mag >> 52
+            emin_r = min(emin_r, e if e > 0 else np.int64(4096))
+        g[r] = emin_r - 1023 - tb if emin_r < 4096 else np.int64(_NO_BIT)
+        amax[r] = np.int64(mx).view(np.float64)
+        ok[r] = mx < _INF64
+
+
+def _row_scale_round(c: Any, o: Any, out: Any, fa: Any) -> None:
+    """``out = round(c * o)`` per row: c (R,), o (R, D), out (R, D) int64 bits."""
+    tm, temin, max_bits, flags = fa
+    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    for r in numba.prange(o.shape[0]):
+        cr = c[r]
+        bad = np.int64(0)
+        for j in range(o.shape[1]):
+            res, b = _rne_quick(np.float64(cr * o[r, j]).view(np.int64), rc, max_bits)
+            out[r, j] = res
+            bad += b
+        if bad:
+            for j in range(o.shape[1]):
+                out[r, j] = _rne64(cr * o[r, j], rc, tm, temin, max_bits, flags)
+
+
+_shift_round_par, _shift_round_ser = parallel_and_serial(_shift_round)
+_round_two_par, _round_two_ser = parallel_and_serial(_round_two)
+_row_scale_round_par, _row_scale_round_ser = parallel_and_serial(_row_scale_round)
+
+
+def _fused_args(*fmts: Format) -> list[tuple[int, int, int, int]] | None:
+    """Per format, the nearest-even arguments of the fused loops; None when one of them is
+    not strictly narrower than float64 (the numpy path then handles it, as ``_r`` does)."""
+    out = []
+    for f in fmts:
+        if not (0 < f.man_bits < 52 and f.signed and f.emin >= -1022 and f.emax <= 1023):
+            return None
+        if f.emin - f.man_bits < -1074:
+            return None
+        max_bits = int(np.array(f.max, dtype=np.float64).view(np.int64))
+        out.append((f.man_bits, f.emin, max_bits, _flags(f, False)))
+    return out
+
+
+def _fused_exp(
+    s: F64, coef: float, mm: F64, fn: Any, ef: Format, cast: Format
+) -> tuple[F64, F64, Any] | None:
+    """``p = round_ef(fn(round_ef(s * coef - mm)))`` and ``round_cast(p)`` in compiled passes
+    around numpy's ``fn`` (so the exp gives numpy's bits), with the row statistics of the
+    latter (as :func:`lowprec.accum.core._a_stats`); None when a format is not fusable."""
+    fa = _fused_args(ef, cast)
+    if fa is None:
+        return None
+    sc = np.ascontiguousarray(s).reshape(-1, s.shape[-1])
+    mr = np.ascontiguousarray(np.broadcast_to(mm, (*s.shape[:-1], 1))).reshape(-1)
+    x = np.empty(sc.shape)
+    par = sc.size >= _PARALLEL_MIN
+    (_shift_round_par if par else _shift_round_ser)(sc, coef, mr, x.view(np.int64), fa[0])
+    fn(x, out=x)
+    p = np.empty(x.shape)
+    pc = np.empty(x.shape)
+    r = x.shape[0]
+    stats = (np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
+    (_round_two_par if par else _round_two_ser)(
+        x, p.view(np.int64), pc.view(np.int64), fa[0], fa[1], *stats
+    )
+    return p.reshape(s.shape), pc.reshape(s.shape), stats
 
 
 def _fmt(policy: AttentionPolicy, step: str) -> Format:
@@ -252,12 +397,49 @@ def _prescale(x: F64, policy: AttentionPolicy, k: _Consts) -> F64:
     return _r(_r(x * k.sqrt_alpha, _fmt(policy, "state")), _fmt(policy, "input"))
 
 
-def _scores(qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts) -> F64:
-    """S for one key block: (B, H_kv, R, D) x (B, H_kv, C, D) -> (B, H_kv, R, C)."""
-    acc = matmul(qs, np.swapaxes(kb, -1, -2), accum=policy.scores_accum)
+def _q_stats(qs: F64, policy: AttentionPolicy) -> Any:
+    """Row statistics of the queries for a ``RoundOnce`` score product (else None).
+
+    The same for every key block: :func:`blocked` computes them once (see
+    :func:`lowprec.accum.core._a_stats`).
+    """
+    model = policy.scores_accum
+    if type(model) is not RoundOnce or _is_exact(get_format(model.fmt)):
+        return None
+    return _a_stats(qs)
+
+
+def _scores(qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts, q_stats: Any = None) -> F64:
+    """S for one key block: (B, H_kv, R, D) x (B, H_kv, C, D) -> (B, H_kv, R, C).
+
+    ``q_stats``: from :func:`_q_stats` (then the exact product reuses them).
+    """
+    model = policy.scores_accum
+    if q_stats is not None:
+        fmt, mode = get_format(model.fmt), Rounding.parse(model.mode)
+        acc = _round_once(qs, np.swapaxes(kb, -1, -2), None, fmt, mode, q_stats)
+    else:
+        acc = matmul(qs, np.swapaxes(kb, -1, -2), accum=model)
     if policy.scale_apply == "scores":
         return _r(acc * k.alpha, _fmt(policy, "scores"))
     return _r_acc(acc, policy.scores_accum, _fmt(policy, "scores"))
+
+
+def _exp_cast(
+    s: F64, m: F64, policy: AttentionPolicy, k: _Consts, cast: Format
+) -> tuple[F64, F64, Any]:
+    """:func:`_exp` and its result rounded into ``cast`` (nearest-even), fused when it can be;
+    with the latter's row statistics for a ``RoundOnce`` product (or None)."""
+    ef, st = _fmt(policy, "exp"), _fmt(policy, "state")
+    with np.errstate(invalid="ignore", over="ignore"):
+        if policy.scale_apply == "exp2":
+            fused = _fused_exp(s, k.exp2_c, _r(m * k.exp2_c, st), np.exp2, ef, cast)
+        else:
+            fused = _fused_exp(s, 1.0, m, np.exp, ef, cast)  # s * 1.0 is s exactly
+    if fused is not None:
+        return fused
+    p = _exp(s, m, policy, k)
+    return p, _r(p, cast), None
 
 
 def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = False) -> F64:
@@ -301,18 +483,39 @@ def _pv(
     policy: AttentionPolicy,
     c: F64 | None,
     rng: np.random.Generator | None,
+    p_stats: Any = None,
 ) -> F64:
-    """The PV product (plus the running O), rounded into pv_fmt with the policy's mode."""
+    """The PV product (plus the running O), rounded into pv_fmt with the policy's mode.
+
+    ``p_stats``: p's row statistics (from :func:`_fused_exp`), reused by a ``RoundOnce`` model.
+    """
     mode = Rounding.parse(policy.pv_rounding)
     if mode is Rounding.STOCHASTIC and not isinstance(rng, np.random.Generator):
         raise LowprecError(
             f"policy {policy.name!r} rounds the PV result stochastically; pass "
             f"rng=numpy.random.Generator (got {rng!r})"
         )
-    acc = matmul(p, vb, accum=policy.pv_accum, c=c)
+    model = policy.pv_accum
+    if p_stats is not None and type(model) is RoundOnce and not _is_exact(get_format(model.fmt)):
+        fm, md = get_format(model.fmt), Rounding.parse(model.mode)
+        acc = _round_once(p, vb, c, fm, md, p_stats)
+    else:
+        acc = matmul(p, vb, accum=model, c=c)
     if mode is Rounding.NEAREST_EVEN:
         return _r_acc(acc, policy.pv_accum, _fmt(policy, "pv"))
     return _r(acc, _fmt(policy, "pv"), mode, rng)
+
+
+def _scale_o(c: F64, o: F64, fmt: Format) -> F64:
+    """``round(c * o)`` into ``fmt``: c (..., R, 1), o (..., R, D); one compiled pass."""
+    fa = _fused_args(fmt)
+    if fa is None or c.shape != (*o.shape[:-1], 1):
+        return _r(c * o, fmt)
+    oc = np.ascontiguousarray(o).reshape(-1, o.shape[-1])
+    out = np.empty(oc.shape)
+    fn = _row_scale_round_par if oc.size >= _PARALLEL_MIN else _row_scale_round_ser
+    fn(np.ascontiguousarray(c).reshape(-1), oc, out.view(np.int64), fa[0])
+    return out.reshape(o.shape)
 
 
 def _finish(o: F64, ell: F64, m: F64, policy: AttentionPolicy, k: _Consts) -> tuple[F64, F64]:
@@ -445,14 +648,15 @@ def blocked(
     m_run = np.full((*lead, 1), -np.inf)  # (B, H_kv, R, 1)
     ell = np.zeros((*lead, 1))
     o = np.zeros((*lead, va.shape[-1]))  # (B, H_kv, R, D_v)
+    q_stats = _q_stats(qg, policy)
     for j0 in range(0, ks.shape[2], bk):
         j1 = min(j0 + bk, ks.shape[2])
-        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
+        s = _scores(qg, ks[:, :, j0:j1], policy, kc, q_stats)  # (B, H_kv, R, C)
         if causal:
             s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
         m_new = np.maximum(m_run, _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc))
         m_safe = np.where(np.isfinite(m_new), m_new, 0.0)  # rows with no visible key yet
-        p = _exp(s, m_safe, policy, kc)
+        p, p_cast, p_stats = _exp_cast(s, m_safe, policy, kc, pf)
         with np.errstate(invalid="ignore"):
             diff = _r(m_run - m_new, st)
             if policy.scale_apply == "exp2":
@@ -461,7 +665,8 @@ def blocked(
                 c = _r(np.exp(diff), st)
         c = np.where(m_run == m_new, 1.0, np.nan_to_num(c, nan=0.0))
         ell = _r(_r(c * ell, st) + _row_sum(p, policy), st)
-        o = _pv(_r(p, pf), va[:, :, j0:j1], policy, _r(c * o, _fmt(policy, "pv")), rng)
+        o_old = _scale_o(c, o, _fmt(policy, "pv"))
+        o = _pv(p_cast, va[:, :, j0:j1], policy, o_old, rng, p_stats)
         m_run = m_new
     out, lse = _finish(o, ell, m_run, policy, kc)
     return _ungroup(out, h), _ungroup(lse, h)
