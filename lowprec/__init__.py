@@ -1,5 +1,6 @@
 """lowprec: bit-exact low-precision numerics for ML training, measured against fp64 and hardware."""
 
+from lowprec import _threads  # noqa: F401  (must run before numba loads OpenMP)
 from lowprec.accum import matmul
 from lowprec.errors import LowprecError
 from lowprec.formats import Format, NanEncoding, format_names, get_format
