@@ -70,3 +70,31 @@ def test_blocked_fused_passes_match_numpy_path(rng, monkeypatch, name):
     want = [blocked(q, k, v, pol, block_k=48, causal=cz) for q, k, v, cz in cases]
     for (o1, l1), (o2, l2) in zip(got, want, strict=True):
         assert np.all(same_bits(o1, o2)) and np.all(same_bits(l1, l2)), name
+
+
+@pytest.mark.parametrize("sigma", [1.0, 12.0, 40.0])
+def test_row_sum_with_fused_statistics_matches_refining_path(rng, sigma):
+    # sigma 40: exp underflows to fp32 subnormals and zero, rows spanning > 53 bits
+    pol = AttentionPolicy.preset("fa2_bf16")
+    s = np.asarray(round_to(rng.standard_normal((2, 3, 300, 96)) * sigma, fp32), np.float64)
+    m = s.max(axis=-1, keepdims=True)
+    fused = attention._fused_exp(s, 1.0, m, np.exp, fp32, bf16)
+    assert fused is not None
+    p, _, _, p_stats = fused
+    g, amax, ok = core._a_stats(p)
+    assert np.all(p_stats[0] <= g) and np.array_equal(p_stats[1], amax)
+    assert np.array_equal(p_stats[2], ok)
+    got = attention._row_sum(p, pol, p_stats)
+    assert np.all(same_bits(got, attention._row_sum(p, pol)))
+
+
+def test_row_sum_with_statistics_settles_exact_midpoints():
+    # rows whose exact sum lies on an fp32 midpoint: nearest-even decides, in both directions
+    pol = AttentionPolicy.preset("fa2_bf16")
+    p = np.zeros((4, 64))
+    p[:, 0] = [1.0, 1.0 + 2.0**-23, 0.5, 1.0]
+    p[:, 1] = [2.0**-24, 2.0**-24, 2.0**-25 + 2.0**-60, 2.0**-24 - 2.0**-80]
+    got = attention._row_sum(p, pol, core._a_stats(p))
+    want = [1.0, 1.0 + 2.0**-22, 0.5 + 2.0**-24, 1.0]
+    assert np.array_equal(got[:, 0], want)
+    assert np.all(same_bits(got, attention._row_sum(p, pol)))

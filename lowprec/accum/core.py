@@ -441,7 +441,9 @@ def _round_once(
 
     ``a_stats``: a's row statistics from :func:`_a_stats`, when the caller reuses them; g
     may also be any lower bound of each row's lowest-bit exponent (every entry a multiple of
-    ``2**g`` is all the certificates use) and amax any upper bound of ``max |a|``.
+    ``2**g`` is all the certificates use) and amax any upper bound of ``max |a|``. Given them,
+    a product with few outputs per input takes the certificate pass too (b's statistics then
+    cost little: a row sum's ones column has one row of them).
     """
     k = a.shape[-1]
     if 8 * (k + 2) * _U > 1:
@@ -450,7 +452,7 @@ def _round_once(
     m, n = a.shape[-2], b.shape[-1]
     # few outputs per input (a row sum, a matrix-vector product): no statistics, every
     # element takes the refining pass with its own sum |a_k b_k|
-    few = min(m, n) <= _FEW_OUTPUTS
+    few = min(m, n) <= _FEW_OUTPUTS and a_stats is None
     pr = _prepare(a, b, c, stats=not few, a_stats=a_stats)
     out = np.empty(pr.s.shape, dtype=np.int64)
     flag = np.ones(pr.s.shape, dtype=np.uint8)

@@ -146,13 +146,26 @@ def _shift_round(s: Any, coef: float, mm: Any, out: Any, fa: Any) -> None:
                 out[r, j] = _rne64(s[r, j] * coef - mr, rc, tm, temin, max_bits, flags)
 
 
-def _round_two(x: Any, out1: Any, out2: Any, fa: Any, fb: Any, g: Any, amax: Any, ok: Any) -> None:
+def _round_two(
+    x: Any,
+    out1: Any,
+    out2: Any,
+    fa: Any,
+    fb: Any,
+    g: Any,
+    amax: Any,
+    ok: Any,
+    g1: Any,
+    amax1: Any,
+    ok1: Any,
+) -> None:
     """``out1 = round_a(x)`` and ``out2 = round_b(out1)`` per row: x, out1, out2 (R, C).
 
     Also row statistics of out2 for ``RoundOnce`` (as
     :func:`lowprec.accum._ro_kernel.row_stats_par` gives them, except that g is the lower bound
     ``min E - tb`` over the nonzero entries, E their exponent, tb format b's significand bits:
-    every entry is a multiple of ``2**g``, which is all the certificate uses): g, amax, ok (R,).
+    every entry is a multiple of ``2**g``, which is all the certificate uses): g, amax, ok (R,);
+    and those of out1 (with format a's ta): g1, amax1, ok1 (R,).
     """
     ta, ea, ma, fla = fa
     tb, eb, mb, flb = fb
@@ -175,14 +188,23 @@ def _round_two(x: Any, out1: Any, out2: Any, fa: Any, fb: Any, g: Any, amax: Any
         # on magnitude bits: integer order is the order of |value| (NaN above inf)
         emin_r = np.int64(4096)
         mx = np.int64(0)
+        emin1 = np.int64(4096)
+        mx1 = np.int64(0)
         for j in range(x.shape[1]):
             mag = out2[r, j] & _MAG64
             mx = max(mx, mag)
             e = mag >> 52
             emin_r = min(emin_r, e if e > 0 else np.int64(4096))
+            mag1 = out1[r, j] & _MAG64
+            mx1 = max(mx1, mag1)
+            e1 = mag1 >> 52
+            emin1 = min(emin1, e1 if e1 > 0 else np.int64(4096))
         g[r] = emin_r - 1023 - tb if emin_r < 4096 else np.int64(_NO_BIT)
         amax[r] = np.int64(mx).view(np.float64)
         ok[r] = mx < _INF64
+        g1[r] = emin1 - 1023 - ta if emin1 < 4096 else np.int64(_NO_BIT)
+        amax1[r] = np.int64(mx1).view(np.float64)
+        ok1[r] = mx1 < _INF64
 
 
 def _row_scale_round(c: Any, o: Any, out: Any, fa: Any) -> None:
@@ -222,10 +244,11 @@ def _fused_args(*fmts: Format) -> list[tuple[int, int, int, int]] | None:
 
 def _fused_exp(
     s: F64, coef: float, mm: F64, fn: Any, ef: Format, cast: Format
-) -> tuple[F64, F64, Any] | None:
+) -> tuple[F64, F64, Any, Any] | None:
     """``p = round_ef(fn(round_ef(s * coef - mm)))`` and ``round_cast(p)`` in compiled passes
     around numpy's ``fn`` (so the exp gives numpy's bits), with the row statistics of the
-    latter (as :func:`lowprec.accum.core._a_stats`); None when a format is not fusable."""
+    latter and of p (as :func:`lowprec.accum.core._a_stats`); None when a format is not
+    fusable."""
     fa = _fused_args(ef, cast)
     if fa is None:
         return None
@@ -239,10 +262,11 @@ def _fused_exp(
     pc = np.empty(x.shape)
     r = x.shape[0]
     stats = (np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
+    p_stats = (np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
     (_round_two_par if par else _round_two_ser)(
-        x, p.view(np.int64), pc.view(np.int64), fa[0], fa[1], *stats
+        x, p.view(np.int64), pc.view(np.int64), fa[0], fa[1], *stats, *p_stats
     )
-    return p.reshape(s.shape), pc.reshape(s.shape), stats
+    return p.reshape(s.shape), pc.reshape(s.shape), stats, p_stats
 
 
 def _fmt(policy: AttentionPolicy, step: str) -> Format:
@@ -427,9 +451,10 @@ def _scores(qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts, q_stats: Any 
 
 def _exp_cast(
     s: F64, m: F64, policy: AttentionPolicy, k: _Consts, cast: Format
-) -> tuple[F64, F64, Any]:
+) -> tuple[F64, F64, Any, Any]:
     """:func:`_exp` and its result rounded into ``cast`` (nearest-even), fused when it can be;
-    with the latter's row statistics for a ``RoundOnce`` product (or None)."""
+    with the latter's and the former's row statistics for a ``RoundOnce`` product (or None
+    each)."""
     ef, st = _fmt(policy, "exp"), _fmt(policy, "state")
     with np.errstate(invalid="ignore", over="ignore"):
         if policy.scale_apply == "exp2":
@@ -439,7 +464,7 @@ def _exp_cast(
     if fused is not None:
         return fused
     p = _exp(s, m, policy, k)
-    return p, _r(p, cast), None
+    return p, _r(p, cast), None, None
 
 
 def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = False) -> F64:
@@ -470,11 +495,21 @@ def _dynamic_max(s: F64, r_m: F64, policy: AttentionPolicy, k: _Consts) -> F64:
     return np.where(ties & (r_m < 0), 0.0, out)
 
 
-def _row_sum(p: F64, policy: AttentionPolicy) -> F64:
+def _row_sum(p: F64, policy: AttentionPolicy, p_stats: Any = None) -> F64:
+    """rowsum(p) as ``policy.row_sum_accum`` gives it, into the state format: (..., R, 1).
+
+    ``p_stats``: p's row statistics (from :func:`_fused_exp`); a ``RoundOnce`` sum given them
+    settles most rows by the certificate (or the error interval) of its first pass instead of
+    refining each one.
+    """
     ones = np.ones((p.shape[-1], 1))
-    return _r_acc(
-        matmul(p, ones, accum=policy.row_sum_accum), policy.row_sum_accum, _fmt(policy, "state")
-    )
+    model = policy.row_sum_accum
+    if p_stats is not None and type(model) is RoundOnce and not _is_exact(get_format(model.fmt)):
+        fm, md = get_format(model.fmt), Rounding.parse(model.mode)
+        acc = _round_once(p, ones, None, fm, md, p_stats)
+    else:
+        acc = matmul(p, ones, accum=model)
+    return _r_acc(acc, model, _fmt(policy, "state"))
 
 
 def _pv(
@@ -656,7 +691,7 @@ def blocked(
             s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
         m_new = np.maximum(m_run, _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc))
         m_safe = np.where(np.isfinite(m_new), m_new, 0.0)  # rows with no visible key yet
-        p, p_cast, p_stats = _exp_cast(s, m_safe, policy, kc, pf)
+        p, p_cast, p_stats, sum_stats = _exp_cast(s, m_safe, policy, kc, pf)
         with np.errstate(invalid="ignore"):
             diff = _r(m_run - m_new, st)
             if policy.scale_apply == "exp2":
@@ -664,7 +699,7 @@ def blocked(
             else:
                 c = _r(np.exp(diff), st)
         c = np.where(m_run == m_new, 1.0, np.nan_to_num(c, nan=0.0))
-        ell = _r(_r(c * ell, st) + _row_sum(p, policy), st)
+        ell = _r(_r(c * ell, st) + _row_sum(p, policy, sum_stats), st)
         o_old = _scale_o(c, o, _fmt(policy, "pv"))
         o = _pv(p_cast, va[:, :, j0:j1], policy, o_old, rng, p_stats)
         m_run = m_new
