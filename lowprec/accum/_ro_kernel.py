@@ -135,6 +135,47 @@ def _interval(
     return r_lo == r_hi, r_hi
 
 
+@numba.njit(cache=True, inline="always")
+def _decide_elem(
+    sv: float,
+    cv: float,
+    cbits: np.int64,
+    bound: float,
+    ok: bool,
+    certify_c: bool,
+    g_ab: int,
+    e_coef: float,
+    under: float,
+    rc: tuple[int, np.int64, np.int64, np.int64, bool],
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int,
+) -> tuple[bool, np.int64]:
+    """One element the fast tests left: the error interval, then the certificate with c.
+
+    ``sv = s + c`` (c = ``cv``, its bits ``cbits``); ``bound`` bounds ``sum |a_k b_k| + |c|``;
+    ``g_ab`` is the row's plus the column's lowest-bit exponent. Returns (decided, bits).
+    """
+    decided = False
+    res = np.int64(0)
+    if ok:
+        err = e_coef * bound * (1.0 + 2.0**-50) + under
+        decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, mode)
+    if ok and not decided and certify_c:
+        # the certificate with c: every term a multiple of 2**g, the sum below 2**(53+g)
+        g = g_ab
+        lowc = int(_lowbit(cbits))
+        if cv != 0.0 and lowc < g:
+            g = lowc
+        lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
+        if g >= -1074 and bound < np.int64(lim).view(np.float64):
+            decided = True
+            res = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
+    return decided, res
+
+
 def _decide(
     s: Any,
     c: Any,
@@ -222,20 +263,11 @@ def _decide(
                 for k in range(kdim):
                     acc += abs(a[ar, i, k]) * abs(bt[br, j, k])
                 bound = acc + abs(cv)
-            decided = False
-            res = np.int64(0)
-            if ok:
-                err = e_coef * bound * (1.0 + 2.0**-50) + under
-                decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, mode)
-            if ok and not decided and has_c and not refine:
-                # the certificate with c: every term a multiple of 2**g, the sum below 2**(53+g)
-                g = gi + gb[bi, j]
-                if cv != 0.0:
-                    g = min(g, _lowbit(cb[bi, i, j]))
-                lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
-                if g >= -1074 and bound < np.int64(lim).view(np.float64):
-                    decided = True
-                    res = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
+            cbits = cb[bi, i, j] if has_c else np.int64(0)
+            decided, res = _decide_elem(
+                sv, cv, cbits, bound, ok, has_c and not refine, gi + gb[bi, j], e_coef, under,
+                rc, tm, temin, max_bits, flags, mode,
+            )  # fmt: skip
             if decided:
                 out[bi, i, j] = res
                 flag[bi, i, j] = 0
@@ -416,19 +448,11 @@ def _decide_rne(
                     continue
             ok = oki and okb[bi, j] and abs(cv) < np.inf
             bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
-            decided = False
-            res = np.int64(0)
-            if ok:
-                err = e_coef * bound * (1.0 + 2.0**-50) + under
-                decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, RNE)
-            if ok and not decided and has_c:
-                g = gi + gb[bi, j]
-                if cv != 0.0:
-                    g = min(g, _lowbit(cb[bi, i, j]))
-                lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
-                if g >= -1074 and bound < np.int64(lim).view(np.float64):
-                    decided = True
-                    res = _round_exact(sv, rc, tm, temin, max_bits, flags, RNE)
+            cbits = cb[bi, i, j] if has_c else np.int64(0)
+            decided, res = _decide_elem(
+                sv, cv, cbits, bound, ok, has_c, gi + gb[bi, j], e_coef, under,
+                rc, tm, temin, max_bits, flags, RNE,
+            )  # fmt: skip
             if decided:
                 out[bi, i, j] = res
                 flag[bi, i, j] = 0
