@@ -1,5 +1,10 @@
 """Compile one loop twice with numba: parallel for large arrays, serial for small ones.
 
+:func:`use_parallel` picks between the twins: the parallel one for arrays of at least
+:data:`PARALLEL_MIN` elements, except on a thread that :func:`serial_here` marks (a worker of
+:func:`lowprec._threads.map_chunks`, which already holds one core of its own). Both twins release
+the GIL, so such workers run their compiled loops side by side.
+
 Each variant is compiled from its own copy of the Python function with a distinct qualified
 name, because numba's on-disk cache (``cache=True``) keys its files by the function's qualified
 name and signature only: two dispatchers made from the same function would share, and overwrite,
@@ -8,11 +13,40 @@ each other's cached machine code.
 
 from __future__ import annotations
 
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numba
+
+PARALLEL_MIN = 1 << 16
+"""Below this many elements a parallel loop costs more in thread wake-up than it saves."""
+
+_local = threading.local()
+
+
+def use_parallel(size: int, minimum: int = PARALLEL_MIN) -> bool:
+    """Whether a loop over ``size`` items (at least ``minimum`` for threads to pay) should run
+    its parallel twin on this thread."""
+    return size >= minimum and not on_serial_thread()
+
+
+def on_serial_thread() -> bool:
+    """Whether this thread is inside :func:`serial_here`."""
+    return bool(getattr(_local, "serial", False))
+
+
+@contextmanager
+def serial_here() -> Iterator[None]:
+    """Within the block, this thread runs the serial twins only."""
+    old = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        yield
+    finally:
+        _local.serial = old
 
 
 def _clone(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
@@ -25,8 +59,9 @@ def _clone(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     return copy
 
 
-def parallel_and_serial(fn: Callable[..., Any]) -> tuple[Any, Any]:
-    """``(parallel, serial)`` numba dispatchers of ``fn`` (a loop written with ``numba.prange``)."""
-    par = numba.njit(cache=True, parallel=True)(_clone(fn, "_par"))
-    ser = numba.njit(cache=True)(_clone(fn, "_ser"))
+def parallel_and_serial(fn: Callable[..., Any], **options: Any) -> tuple[Any, Any]:
+    """``(parallel, serial)`` numba dispatchers of ``fn`` (a loop written with ``numba.prange``);
+    ``options`` go to :func:`numba.njit` for both (``fastmath``, say)."""
+    par = numba.njit(cache=True, parallel=True, nogil=True, **options)(_clone(fn, "_par"))
+    ser = numba.njit(cache=True, nogil=True, **options)(_clone(fn, "_ser"))
     return par, ser

@@ -1,11 +1,78 @@
-"""Process-wide thread settings lowprec needs before numba's first parallel loop.
+"""Process-wide thread settings, and independent chunks of work run on one thread per core.
 
 numba's OpenMP threads spin after each parallel loop by default and then fight BLAS's threads for
 the cores: on a 2-core machine the emulated attention ran twice as slow with both pools active.
 Idle OpenMP threads that sleep avoid it. The caller's own ``OMP_WAIT_POLICY`` wins; the setting
 must precede the loading of the OpenMP runtime, which numba does at its first parallel loop.
+
+OpenBLAS's idle threads spin too (for about 2**28 cycles after each call), and a loop that
+alternates BLAS products with compiled passes over their results, as the emulated attention
+does, loses much of its time to that. :func:`map_chunks` sidesteps both pools: it splits the
+work into independent chunks (heads, or query rows) and runs them on one Python thread per core,
+each with single-threaded BLAS and the serial twins of the compiled loops (both release the GIL).
 """
+
+from __future__ import annotations
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numba
+
+from lowprec._jit import on_serial_thread, serial_here
+
+_lock = threading.Lock()
+_controller: Any = None
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """BLAS limited to one thread within the block (process-wide: threadpoolctl)."""
+    global _controller
+    from threadpoolctl import ThreadpoolController
+
+    with _lock:
+        if _controller is None:
+            _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def workers() -> int:
+    """Threads :func:`map_chunks` would use: numba's thread count (``NUMBA_NUM_THREADS``)."""
+    return max(1, int(numba.get_num_threads()))
+
+
+def map_chunks(
+    fn: Callable[[int, int], None], n: int, *, chunks: int | None = None, parallel: bool = True
+) -> None:
+    """Call ``fn(lo, hi)`` on consecutive ranges covering ``range(n)``, one per worker thread.
+
+    The chunks must be independent (each writes its own part of the result), so the bits do not
+    depend on how many there are. ``chunks`` defaults to :func:`workers`. With one chunk,
+    ``parallel=False`` (a caller whose chunks share a random stream), or on a thread that is
+    itself such a worker, ``fn(0, n)`` runs here with the parallel compiled loops and
+    multi-threaded BLAS as usual.
+    """
+    w = min(workers() if chunks is None else chunks, n)
+    if not parallel or w < 2 or on_serial_thread():
+        fn(0, n)
+        return
+    bounds = [n * i // w for i in range(w + 1)]
+
+    def run(lo: int, hi: int) -> None:
+        with serial_here():
+            fn(lo, hi)
+
+    with _single_threaded_blas(), ThreadPoolExecutor(max_workers=w) as pool:
+        futures = [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        for f in futures:
+            f.result()

@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lowprec import _round_kernel as _k
+from lowprec._jit import use_parallel
 from lowprec.errors import LowprecError
 from lowprec.formats import Format, NanEncoding, get_format
 
@@ -98,8 +99,6 @@ _MODE_ALIASES = {
     "round_to_odd": "odd",
     "stochastic": "sr",
 }
-
-_PARALLEL_MIN = 1 << 16
 
 _MODE_CODE = {
     Rounding.NEAREST_EVEN: _k.RNE,
@@ -268,8 +267,7 @@ def round_to(
     else:
         bits = 64
         rand = np.empty(0, dtype=np.uint64)
-    # Below this size a parallel loop costs more in thread wake-up than it saves.
-    parallel = src.size >= _PARALLEL_MIN
+    parallel = use_parallel(src.size)
     args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, _flags(fmt, saturate))
     if mode is Rounding.NEAREST_EVEN:
         rne = _k.round_bits_rne if parallel else _k.round_bits_rne_serial

@@ -21,6 +21,8 @@ import math
 import numba
 import numpy as np
 
+from lowprec._jit import parallel_and_serial
+
 ZERO_EXP = -(1 << 20)  # exponent stored for zero inputs: never the maximum
 
 
@@ -70,8 +72,7 @@ def _round_bits(bits: np.int64, v: float, tm: int, temin: int, nearest: bool) ->
     return ((mag >> sh) << sh) | sign
 
 
-@numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def tc_matmul(
+def _tc_matmul(
     ea: np.ndarray,
     eb: np.ndarray,
     c0: np.ndarray,
@@ -179,3 +180,6 @@ def tc_matmul(
                 out[bi, i, j] = _special(ai, b[bi, :, j], c0[bi, i, j])
             else:
                 out[bi, i, j] = acc[j]
+
+
+tc_matmul_par, tc_matmul_ser = parallel_and_serial(_tc_matmul, fastmath={"reassoc", "contract"})

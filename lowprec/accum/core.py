@@ -76,13 +76,14 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec._jit import use_parallel
 from lowprec._round_kernel import F_SIGNED as _RK_SIGNED
 from lowprec._round_kernel import RNE as _RK_RNE
 from lowprec.accum import _ro_kernel as _ro
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format
 from lowprec.reference import round_fraction
-from lowprec.rounding import _MODE_CODE, _PARALLEL_MIN, Rounding, _flags, as_carrier, round_to
+from lowprec.rounding import _MODE_CODE, Rounding, _flags, as_carrier, round_to
 
 F64 = NDArray[np.float64]
 
@@ -301,7 +302,7 @@ def _stats(x: F64) -> _Stats:
     g = np.empty(r, dtype=np.int64)
     mx = np.empty(r)
     ok = np.empty(r, dtype=np.bool_)
-    fn = _ro.row_stats_par if x.size >= _PARALLEL_MIN else _ro.row_stats_ser
+    fn = _ro.row_stats_par if use_parallel(x.size) else _ro.row_stats_ser
     fn(x, g, mx, ok)
     return g, mx, ok
 
@@ -381,7 +382,7 @@ def _decide(
 ) -> None:
     """Run :func:`lowprec.accum._ro_kernel.decide_par` (or its serial twin) on ``pr``."""
     k = pr.a.shape[-1]
-    fn = _ro.decide_par if pr.s.size >= _PARALLEL_MIN else _ro.decide_ser
+    fn = _ro.decide_par if use_parallel(pr.s.size) else _ro.decide_ser
     with np.errstate(over="ignore"):
         ra = np.ldexp(pr.amax, np.clip(-pr.ga, -2000, 2000).astype(np.int32))
         rb = np.ldexp(pr.bmax, np.clip(-pr.gb, -2000, 2000).astype(np.int32))
@@ -389,7 +390,7 @@ def _decide(
     rb[~pr.okb] = np.inf
     tm, _, _, flags, mode = rargs
     if not refine and mode == _RK_RNE and 0 < tm <= 50 and flags & _RK_SIGNED:
-        fast = _ro.decide_rne_par if pr.s.size >= _PARALLEL_MIN else _ro.decide_rne_ser
+        fast = _ro.decide_rne_par if use_parallel(pr.s.size) else _ro.decide_rne_ser
         fast(
             pr.s, pr.c, pr.ga, pr.amax, pr.oka, pr.gb, pr.bmax, pr.okb, ra, rb, k,
             2.0 * (k + 2) * _U, 4.0 * (k + 1) * _ETA, *rargs[:4], out, flag,
@@ -409,7 +410,7 @@ def _exact_at(
     vals = np.empty(idx.size)
     status = np.empty(idx.size, dtype=np.int64)
     m, n = pr.s.shape[1:]
-    fn = _ro.exact_round_par if idx.size >= 64 else _ro.exact_round_ser
+    fn = _ro.exact_round_par if use_parallel(idx.size, 64) else _ro.exact_round_ser
     fn(idx, pr.a, pr.bt, pr.c, pr.ia, pr.ib, m, n, p, emin, rne64, vals, status)
     return vals, status
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lowprec._jit import use_parallel
 from lowprec.accum import _tc_kernel as _k
 from lowprec.accum.core import F64, _broadcast
 from lowprec.errors import ConfigError, LowprecError
@@ -116,7 +117,8 @@ class TensorCore:
         eb, bad_b = _exponents(np.swapaxes(b3, -1, -2), in_fmt)
         eb = np.ascontiguousarray(np.swapaxes(eb, -1, -2))
         res = np.empty_like(c3)
-        _k.tc_matmul(
+        tc = _k.tc_matmul_par if use_parallel(res.size) else _k.tc_matmul_ser
+        tc(
             ea, eb, c3, bad_a, bad_b,
             np.ascontiguousarray(a3),
             b3, res,

@@ -36,21 +36,23 @@ error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lowprec._jit import parallel_and_serial
+from lowprec._jit import parallel_and_serial, use_parallel
 from lowprec._round_kernel import _rne_elem, _rne_setup
+from lowprec._threads import map_chunks, workers
 from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
 from lowprec.accum._ro_kernel import _NO_BIT
 from lowprec.accum.core import _a_stats, _round_once
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format
 from lowprec.kernels.policy import AttentionPolicy
-from lowprec.rounding import _PARALLEL_MIN, Rounding, _flags, as_carrier, round_to
+from lowprec.rounding import Rounding, _flags, as_carrier, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
 
 F64 = NDArray[np.float64]
@@ -255,7 +257,7 @@ def _fused_exp(
     sc = np.ascontiguousarray(s).reshape(-1, s.shape[-1])
     mr = np.ascontiguousarray(np.broadcast_to(mm, (*s.shape[:-1], 1))).reshape(-1)
     x = np.empty(sc.shape)
-    par = sc.size >= _PARALLEL_MIN
+    par = use_parallel(sc.size)
     (_shift_round_par if par else _shift_round_ser)(sc, coef, mr, x.view(np.int64), fa[0])
     fn(x, out=x)
     p = np.empty(x.shape)
@@ -548,7 +550,7 @@ def _scale_o(c: F64, o: F64, fmt: Format) -> F64:
         return _r(c * o, fmt)
     oc = np.ascontiguousarray(o).reshape(-1, o.shape[-1])
     out = np.empty(oc.shape)
-    fn = _row_scale_round_par if oc.size >= _PARALLEL_MIN else _row_scale_round_ser
+    fn = _row_scale_round_par if use_parallel(oc.size) else _row_scale_round_ser
     fn(np.ascontiguousarray(c).reshape(-1), oc, out.view(np.int64), fa[0])
     return out.reshape(o.shape)
 
@@ -589,6 +591,42 @@ def _setup(
     return qg, ks, va, pos, consts, m - n
 
 
+def _by_chunks(
+    rows: Callable[[F64, F64, F64, NDArray[np.int64]], tuple[F64, F64]],
+    qg: F64,
+    ks: F64,
+    va: F64,
+    pos: NDArray[np.int64],
+    policy: AttentionPolicy,
+) -> tuple[F64, F64]:
+    """``rows(qg, ks, va, pos) -> (out, lse)`` over independent chunks, one per core.
+
+    Query rows never meet in the forward pass, so the chunks (groups of kv heads, or of query
+    rows when there are fewer kv heads than workers) give the bits of a single call. A policy
+    that rounds the PV product stochastically draws from one random stream in order: it runs
+    as one chunk.
+    """
+    b, hk, r = qg.shape[:3]
+    bh = b * hk
+    q3, k3, v3 = (x.reshape(1, bh, *x.shape[2:]) for x in (qg, ks, va))
+    out = np.empty((1, bh, r, va.shape[-1]))
+    lse = np.empty((1, bh, r))
+    w = workers()
+    by_heads = bh >= w
+
+    def run(lo: int, hi: int) -> None:
+        if by_heads:
+            part = rows(q3[:, lo:hi], k3[:, lo:hi], v3[:, lo:hi], pos)
+            out[:, lo:hi], lse[:, lo:hi] = part
+        else:
+            part = rows(q3[:, :, lo:hi], k3, v3, pos[lo:hi])
+            out[:, :, lo:hi], lse[:, :, lo:hi] = part
+
+    sr = Rounding.parse(policy.pv_rounding) is Rounding.STOCHASTIC
+    map_chunks(run, bh if by_heads else r, chunks=w, parallel=not sr)
+    return out.reshape(b, hk, r, -1), lse.reshape(b, hk, r)
+
+
 def naive(
     q: ArrayLike,
     k: ArrayLike,
@@ -618,20 +656,24 @@ def naive(
         LowprecError: Bad shapes, non-finite inputs, a bad scale, or a missing rng.
     """
     qg, ks, va, pos, kc, offset = _setup(q, k, v, policy, causal, scale, rng)
-    h = np.asarray(q).shape[1]
-    s = _scores(qg, ks, policy, kc)  # (B, H_kv, R, M)
-    if causal:
-        s = np.where(_visible(pos, 0, ks.shape[2], offset), s, -np.inf)
-    m = _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc)  # (B, H_kv, R, 1)
-    p = _exp(s, m, policy, kc)
-    ell = _row_sum(p, policy)
-    if policy.normalize == "probs":
-        probs = _r(p / ell, _fmt(policy, "probs"))
-        out = _r(_pv(_r(probs, _fmt(policy, "p")), va, policy, None, rng), _fmt(policy, "out"))
-        lse = _r(m * kc.units + np.log(ell), _fmt(policy, "lse"))[..., 0]
-    else:
+
+    def rows(qg: F64, ks: F64, va: F64, pos: NDArray[np.int64]) -> tuple[F64, F64]:
+        s = _scores(qg, ks, policy, kc)  # (B, H_kv, R, M)
+        if causal:
+            s = np.where(_visible(pos, 0, ks.shape[2], offset), s, -np.inf)
+        m = _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc)  # (B, H_kv, R, 1)
+        p = _exp(s, m, policy, kc)
+        ell = _row_sum(p, policy)
+        if policy.normalize == "probs":
+            probs = _r(p / ell, _fmt(policy, "probs"))
+            o = _pv(_r(probs, _fmt(policy, "p")), va, policy, None, rng)
+            lse = _r(m * kc.units + np.log(ell), _fmt(policy, "lse"))[..., 0]
+            return _r(o, _fmt(policy, "out")), lse
         o = _pv(_r(p, _fmt(policy, "p")), va, policy, None, rng)
-        out, lse = _finish(o, ell, m, policy, kc)
+        return _finish(o, ell, m, policy, kc)
+
+    out, lse = _by_chunks(rows, qg, ks, va, pos, policy)
+    h = np.asarray(q).shape[1]
     return _ungroup(out, h), _ungroup(lse, h)
 
 
@@ -677,37 +719,104 @@ def blocked(
     _check_block("block_q", block_q)
     bk = _check_block("block_k", block_k)
     qg, ks, va, pos, kc, offset = _setup(q, k, v, policy, causal, scale, rng)
-    h = np.asarray(q).shape[1]
     st, pf = _fmt(policy, "state"), _fmt(policy, "p")
-    lead = qg.shape[:3]
-    m_run = np.full((*lead, 1), -np.inf)  # (B, H_kv, R, 1)
-    ell = np.zeros((*lead, 1))
-    o = np.zeros((*lead, va.shape[-1]))  # (B, H_kv, R, D_v)
-    q_stats = _q_stats(qg, policy)
-    for j0 in range(0, ks.shape[2], bk):
-        j1 = min(j0 + bk, ks.shape[2])
-        s = _scores(qg, ks[:, :, j0:j1], policy, kc, q_stats)  # (B, H_kv, R, C)
-        if causal:
-            s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
-        m_new = np.maximum(m_run, _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc))
-        m_safe = np.where(np.isfinite(m_new), m_new, 0.0)  # rows with no visible key yet
-        p, p_cast, p_stats, sum_stats = _exp_cast(s, m_safe, policy, kc, pf)
-        with np.errstate(invalid="ignore"):
-            diff = _r(m_run - m_new, st)
-            if policy.scale_apply == "exp2":
-                c = _r(np.exp2(_r(diff * kc.exp2_c, st)), st)
-            else:
-                c = _r(np.exp(diff), st)
-        c = np.where(m_run == m_new, 1.0, np.nan_to_num(c, nan=0.0))
-        ell = _r(_r(c * ell, st) + _row_sum(p, policy, sum_stats), st)
-        o_old = _scale_o(c, o, _fmt(policy, "pv"))
-        o = _pv(p_cast, va[:, :, j0:j1], policy, o_old, rng, p_stats)
-        m_run = m_new
-    out, lse = _finish(o, ell, m_run, policy, kc)
+
+    def rows(qg: F64, ks: F64, va: F64, pos: NDArray[np.int64]) -> tuple[F64, F64]:
+        lead = qg.shape[:3]
+        m_run = np.full((*lead, 1), -np.inf)  # (B, H_kv, R, 1)
+        ell = np.zeros((*lead, 1))
+        o = np.zeros((*lead, va.shape[-1]))  # (B, H_kv, R, D_v)
+        q_stats = _q_stats(qg, policy)
+        for j0 in range(0, ks.shape[2], bk):
+            j1 = min(j0 + bk, ks.shape[2])
+            s = _scores(qg, ks[:, :, j0:j1], policy, kc, q_stats)  # (B, H_kv, R, C)
+            if causal:
+                s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
+            m_new = np.maximum(m_run, _dynamic_max(s, s.max(axis=-1, keepdims=True), policy, kc))
+            m_safe = np.where(np.isfinite(m_new), m_new, 0.0)  # rows with no visible key yet
+            p, p_cast, p_stats, sum_stats = _exp_cast(s, m_safe, policy, kc, pf)
+            with np.errstate(invalid="ignore"):
+                diff = _r(m_run - m_new, st)
+                if policy.scale_apply == "exp2":
+                    c = _r(np.exp2(_r(diff * kc.exp2_c, st)), st)
+                else:
+                    c = _r(np.exp(diff), st)
+            c = np.where(m_run == m_new, 1.0, np.nan_to_num(c, nan=0.0))
+            ell = _r(_r(c * ell, st) + _row_sum(p, policy, sum_stats), st)
+            o_old = _scale_o(c, o, _fmt(policy, "pv"))
+            o = _pv(p_cast, va[:, :, j0:j1], policy, o_old, rng, p_stats)
+            m_run = m_new
+        return _finish(o, ell, m_run, policy, kc)
+
+    out, lse = _by_chunks(rows, qg, ks, va, pos, policy)
+    h = np.asarray(q).shape[1]
     return _ungroup(out, h), _ungroup(lse, h)
 
 
 # ---- backward ----------------------------------------------------------------------------------
+
+
+def _backward_heads(
+    qg: F64,
+    ks: F64,
+    va: F64,
+    do: F64,
+    og: F64,
+    lse_g: F64,
+    pos: NDArray[np.int64],
+    offset: int,
+    causal: bool,
+    bk: int,
+    policy: AttentionPolicy,
+    kc: _Consts,
+) -> tuple[F64, F64, F64, F64]:
+    """:func:`backward` on a batch of kv heads, queries grouped as in the forward: (dq, dk, dv,
+    delta) for them, each (B, H_kv, rows, ...)."""
+    st, dpf = _fmt(policy, "state"), _fmt(policy, "dp")
+    blocks = [(j0, min(j0 + bk, ks.shape[2])) for j0 in range(0, ks.shape[2], bk)]
+
+    def probs(j0: int, j1: int) -> F64:
+        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
+        p = _exp(s, lse_g, policy, kc, lse=True)
+        if causal:
+            p = np.where(_visible(pos, j0, j1, offset), p, 0.0)
+        return p
+
+    if policy.delta_source == "output":
+        prod = do * og  # exact: two values of <= 26 significant bits
+        delta = matmul(prod, np.ones((prod.shape[-1], 1)), accum=policy.delta_accum)
+    elif policy.delta_source == "recompute":
+        o_rec = sum(matmul(probs(j0, j1), va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks)
+        delta = matmul(do * _r(o_rec, st), np.ones((do.shape[-1], 1)), accum=policy.delta_accum)
+    else:
+        delta = sum(
+            np.sum(
+                probs(j0, j1)
+                * _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf),
+                axis=-1,
+                keepdims=True,
+            )
+            for j0, j1 in blocks
+        )
+    delta = _r(delta, _fmt(policy, "delta"))  # (B, H_kv, R, 1)
+
+    qscale = kc.sqrt_alpha if policy.scale_apply == "qk_sqrt" else kc.alpha
+    dsf, pbf, gacc = _fmt(policy, "ds"), _fmt(policy, "p_bwd"), policy.grad_accum
+    dq_acc: F64 | None = None
+    dk_parts, dv_parts = [], []
+    for j0, j1 in blocks:
+        p = probs(j0, j1)  # (B, H_kv, R, C)
+        dv_parts.append(matmul(np.swapaxes(_r(p, pbf), -1, -2), do, accum=gacc))
+        dp = _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf)
+        ds = _r(_r(p * _r(dp - delta, dpf), dpf), dsf)  # (B, H_kv, R, C)
+        dq_acc = matmul(ds, ks[:, :, j0:j1], accum=gacc, c=dq_acc)
+        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg, accum=gacc))
+    assert dq_acc is not None
+    gout = _fmt(policy, "grad_out")
+    dq = _r(_r(dq_acc * qscale, st), gout)
+    dk = _r(_r(np.concatenate(dk_parts, axis=2) * qscale, st), gout)
+    dv = _r(np.concatenate(dv_parts, axis=2), gout)
+    return dq, dk, dv, delta
 
 
 def backward(
@@ -776,49 +885,26 @@ def backward(
     pos = np.tile(np.arange(qa.shape[2]), h // hk)  # (R,)
     offset = ka.shape[2] - qa.shape[2]
     do = _r(_group(doa, hk), _fmt(policy, "grad"))  # (B, H_kv, R, D_v)
+    og = _group(oa, hk)
     lse_g = _group(la[..., None], hk)  # (B, H_kv, R, 1)
-    st, dpf = _fmt(policy, "state"), _fmt(policy, "dp")
-    blocks = [(j0, min(j0 + bk, ks.shape[2])) for j0 in range(0, ks.shape[2], bk)]
+    b, r = qg.shape[0], qg.shape[2]
+    bh = b * hk
+    flat = [x.reshape(bh, *x.shape[2:]) for x in (qg, ks, va, do, og, lse_g)]
+    grads = (
+        np.empty((bh, r, qg.shape[-1])),
+        np.empty((bh, *ks.shape[2:])),
+        np.empty((bh, *va.shape[2:])),
+        np.empty((bh, r, 1)),
+    )
 
-    def probs(j0: int, j1: int) -> F64:
-        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
-        p = _exp(s, lse_g, policy, kc, lse=True)
-        if causal:
-            p = np.where(_visible(pos, j0, j1, offset), p, 0.0)
-        return p
+    def heads(lo: int, hi: int) -> None:
+        qh, kh, vh, doh, oh, lh = (x[None, lo:hi] for x in flat)
+        part = _backward_heads(qh, kh, vh, doh, oh, lh, pos, offset, causal, bk, policy, kc)
+        for whole, piece in zip(grads, part, strict=True):
+            whole[lo:hi] = piece[0]
 
-    if policy.delta_source == "output":
-        prod = do * _group(oa, hk)  # exact: two values of <= 26 significant bits
-        delta = matmul(prod, np.ones((prod.shape[-1], 1)), accum=policy.delta_accum)
-    elif policy.delta_source == "recompute":
-        o_rec = sum(matmul(probs(j0, j1), va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks)
-        delta = matmul(do * _r(o_rec, st), np.ones((do.shape[-1], 1)), accum=policy.delta_accum)
-    else:
-        delta = sum(
-            np.sum(
-                probs(j0, j1)
-                * _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf),
-                axis=-1,
-                keepdims=True,
-            )
-            for j0, j1 in blocks
-        )
-    delta = _r(delta, _fmt(policy, "delta"))  # (B, H_kv, R, 1)
-
-    qscale = kc.sqrt_alpha if policy.scale_apply == "qk_sqrt" else kc.alpha
-    dsf, pbf, gacc = _fmt(policy, "ds"), _fmt(policy, "p_bwd"), policy.grad_accum
-    dq_acc: F64 | None = None
-    dk_parts, dv_parts = [], []
-    for j0, j1 in blocks:
-        p = probs(j0, j1)  # (B, H_kv, R, C)
-        dv_parts.append(matmul(np.swapaxes(_r(p, pbf), -1, -2), do, accum=gacc))
-        dp = _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf)
-        ds = _r(_r(p * _r(dp - delta, dpf), dpf), dsf)  # (B, H_kv, R, C)
-        dq_acc = matmul(ds, ks[:, :, j0:j1], accum=gacc, c=dq_acc)
-        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg, accum=gacc))
-    assert dq_acc is not None
-    gout = _fmt(policy, "grad_out")
-    dq = _r(_r(dq_acc * qscale, st), gout)
-    dk = _r(_r(np.concatenate(dk_parts, axis=2) * qscale, st), gout)
-    dv = _r(np.concatenate(dv_parts, axis=2), gout)
+    # kv heads are independent (a GQA group's query heads stay together): chunks of heads give
+    # the bits of one call
+    map_chunks(heads, bh, chunks=workers())
+    dq, dk, dv, delta = (x.reshape(b, hk, *x.shape[1:]) for x in grads)
     return AttentionGrads(_ungroup(dq, h), dk, dv, _ungroup(delta, h)[..., 0])
