@@ -5,6 +5,11 @@ at B=1, H=4, N=2048, D=128 and, in the same run, a plain float32 numpy naive att
 materialised, no emulation) as the baseline; prints each time and its ratio to the baseline.
 Target (issue 4): blocked fa2_bf16 forward <= 3x the float32 baseline.
 
+Threads: the baseline uses numpy's BLAS threads; the emulated kernels run their independent kv
+heads (or query rows) on one thread per core (``NUMBA_NUM_THREADS``), each with single-threaded
+BLAS. For the one-core comparison set ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+NUMBA_NUM_THREADS=1``.
+
 The last row reruns the forward with every product done by float64 BLAS and one rounding to
 fp32 (not exact: up to one fp32 ulp off in rare near-midpoint cases): the kernel's own cost, with
 the exact accumulation model's cost taken out. The gap between the two forward rows is the price
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lowprec import round_to
+from lowprec._threads import workers
 from lowprec.kernels import AttentionPolicy, backward, blocked, naive
 
 
@@ -83,7 +89,7 @@ def main() -> int:
         ("naive_bf16 naive forward", lambda: naive(q, k, v, AttentionPolicy.preset("naive_bf16"))),
         ("fa2_bf16 forward, BLAS-then-round", lambda: blocked(q, k, v, pol_blas, block_k=bs)),
     ]
-    print(f"shape (B, H, N, D) = {shape}, block {bs}, best of {args.repeat}")
+    print(f"shape (B, H, N, D) = {shape}, block {bs}, best of {args.repeat}, {workers()} threads")
     base = None
     print(f"{'kernel':36s} {'seconds':>9s} {'x baseline':>11s}")
     for label, fn in rows:

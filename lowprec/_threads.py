@@ -20,9 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import numba
@@ -30,20 +29,24 @@ import numba
 from lowprec._jit import on_serial_thread, serial_here
 
 _lock = threading.Lock()
+_busy = threading.Lock()  # held by the one map_chunks call that runs chunks on workers
 _controller: Any = None
 
 
-@contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """BLAS limited to one thread within the block (process-wide: threadpoolctl)."""
+def _single_threaded_blas() -> Any:
+    """Context: BLAS limited to one thread within it (threadpoolctl).
+
+    The limit is process-wide, and threadpoolctl lets only one thread at a time set OpenBLAS's
+    (a thread that holds its own ``threadpool_limits`` keeps the pool as it set it): entered and
+    left on the same thread, it restores the count and gives the control back.
+    """
     global _controller
     from threadpoolctl import ThreadpoolController
 
     with _lock:
         if _controller is None:
             _controller = ThreadpoolController()
-    with _controller.limit(limits=1, user_api="blas"):
-        yield
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def workers() -> int:
@@ -58,12 +61,12 @@ def map_chunks(
 
     The chunks must be independent (each writes its own part of the result), so the bits do not
     depend on how many there are. ``chunks`` defaults to :func:`workers`. With one chunk,
-    ``parallel=False`` (a caller whose chunks share a random stream), or on a thread that is
-    itself such a worker, ``fn(0, n)`` runs here with the parallel compiled loops and
-    multi-threaded BLAS as usual.
+    ``parallel=False`` (a caller whose chunks share a random stream), on a thread that is itself
+    such a worker, or while another thread's call holds the workers, ``fn(0, n)`` runs here
+    with the parallel compiled loops and BLAS's threads as usual.
     """
     w = min(workers() if chunks is None else chunks, n)
-    if not parallel or w < 2 or on_serial_thread():
+    if not parallel or w < 2 or on_serial_thread() or not _busy.acquire(blocking=False):
         fn(0, n)
         return
     bounds = [n * i // w for i in range(w + 1)]
@@ -72,7 +75,10 @@ def map_chunks(
         with serial_here():
             fn(lo, hi)
 
-    with _single_threaded_blas(), ThreadPoolExecutor(max_workers=w) as pool:
-        futures = [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
-        for f in futures:
-            f.result()
+    try:
+        with _single_threaded_blas(), ThreadPoolExecutor(max_workers=w) as pool:
+            futures = [pool.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+            for f in futures:
+                f.result()
+    finally:
+        _busy.release()

@@ -51,10 +51,24 @@ def test_map_chunks_inside_a_worker_does_not_split_again():
     assert sorted(inner) == [(0, 8), (0, 8)]
 
 
-def test_map_chunks_raises_what_a_chunk_raised_and_restores_blas():
+@pytest.fixture
+def two_blas_threads():
+    """BLAS at two threads for the test, so that a limit to one shows on any machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        yield
+
+
+def blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
-    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_map_chunks_raises_what_a_chunk_raised_and_restores_blas(two_blas_threads):
+    before = blas_threads()
+    assert before and set(before) == {2}
 
     def fn(lo: int, hi: int) -> None:
         if lo == 0:
@@ -62,7 +76,7 @@ def test_map_chunks_raises_what_a_chunk_raised_and_restores_blas():
 
     with pytest.raises(LowprecError, match="chunk 0 failed"):
         _threads.map_chunks(fn, 4, chunks=2)
-    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    assert blas_threads() == before
 
 
 def _inputs(rng: np.random.Generator, hk: int):
@@ -110,3 +124,54 @@ def test_chunked_backward_gives_the_bits_of_one_call(rng, monkeypatch, name):
         split = run(block_k)
         for a, b in zip(one, split, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_caller_runs_inline_while_the_workers_are_busy(two_blas_threads):
+    before = blas_threads()
+    assert before and set(before) == {2}
+    inside: list[list[int]] = []
+    second_calls: list[tuple[int, int, str]] = []
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def first(lo: int, hi: int) -> None:
+        if lo == 0:
+            first_in.set()
+            assert second_done.wait(10)
+            inside.append(blas_threads())
+
+    def second_caller() -> None:
+        assert first_in.wait(10)
+        _threads.map_chunks(
+            lambda lo, hi: second_calls.append((lo, hi, threading.current_thread().name)),
+            4,
+            chunks=2,
+        )
+        second_done.set()
+
+    t = threading.Thread(target=second_caller, name="second-caller")
+    t.start()
+    _threads.map_chunks(first, 2, chunks=2)
+    t.join(10)
+    assert second_calls == [(0, 4, "second-caller")]
+    assert inside == [[1] * len(before)]
+    assert blas_threads() == before
+
+
+def test_blas_control_is_given_back_to_other_threads():
+    from threadpoolctl import threadpool_limits
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("BLAS runs one thread here: a limit to one would not show")
+    _threads.map_chunks(lambda lo, hi: None, 2, chunks=2)
+    seen: list[list[int]] = []
+
+    def other() -> None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            seen.append(blas_threads())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert seen == [[1] * len(before)]
+    assert blas_threads() == before
