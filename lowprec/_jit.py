@@ -8,13 +8,15 @@ the GIL, so such workers run their compiled loops side by side.
 Each variant is compiled from its own copy of the Python function with a distinct qualified
 name, because numba's on-disk cache (``cache=True``) keys its files by the function's qualified
 name and signature only: two dispatchers made from the same function would share, and overwrite,
-each other's cached machine code.
+each other's cached machine code. The name also carries a tag of the compile options, so that
+code cached under other options (before ``nogil``, say) is never loaded for these.
 """
 
 from __future__ import annotations
 
 import threading
 import types
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,6 +64,10 @@ def _clone(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
 def parallel_and_serial(fn: Callable[..., Any], **options: Any) -> tuple[Any, Any]:
     """``(parallel, serial)`` numba dispatchers of ``fn`` (a loop written with ``numba.prange``);
     ``options`` go to :func:`numba.njit` for both (``fastmath``, say)."""
-    par = numba.njit(cache=True, parallel=True, nogil=True, **options)(_clone(fn, "_par"))
-    ser = numba.njit(cache=True, nogil=True, **options)(_clone(fn, "_ser"))
-    return par, ser
+    twins = []
+    for kind, parallel in (("par", True), ("ser", False)):
+        opts: dict[str, Any] = {"cache": True, "nogil": True, "parallel": parallel, **options}
+        # the cache does not key by the compile options either: they go into the name
+        tag = zlib.crc32(repr(sorted(opts.items())).encode()) & 0xFFFF
+        twins.append(numba.njit(**opts)(_clone(fn, f"_{kind}_{tag:04x}")))
+    return twins[0], twins[1]

@@ -175,3 +175,17 @@ def test_blas_control_is_given_back_to_other_threads():
     t.join(10)
     assert seen == [[1] * len(before)]
     assert blas_threads() == before
+
+
+def _loop(x: np.ndarray) -> None:
+    for i in range(x.size):
+        x[i] += 1.0
+
+
+def test_twins_release_the_gil_and_carry_their_options_in_the_cache_name():
+    par, ser = _jit.parallel_and_serial(_loop)
+    assert par.targetoptions["nogil"] and ser.targetoptions["nogil"]
+    assert par.targetoptions["parallel"] and not ser.targetoptions.get("parallel", False)
+    names = {par.py_func.__qualname__, ser.py_func.__qualname__}
+    _, ser_fast = _jit.parallel_and_serial(_loop, fastmath=True)
+    assert len(names | {ser_fast.py_func.__qualname__}) == 3
