@@ -12,7 +12,7 @@ seam the tools hook: :class:`lowprec.track.MaxLogitTracker` reads its (q, k) inp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -62,6 +62,15 @@ class GPTConfig:
     def head_dim(self) -> int:
         """Width of one head."""
         return self.d_model // self.n_head
+
+    @classmethod
+    def of(cls, cfg: Mapping[str, Any], vocab: int) -> GPTConfig:
+        """The shape a study's config names (``seq_len``, ``n_layer``, ``n_head``, ``d_model``)."""
+        keys = ("seq_len", "n_layer", "n_head", "d_model")
+        missing = [k for k in keys if k not in cfg]
+        if missing:
+            raise ConfigError(f"model config lacks {missing}; expected the keys {list(keys)}")
+        return cls(vocab=vocab, **{k: cfg[k] for k in keys})
 
 
 class CoreAttention(nn.Module):

@@ -56,13 +56,7 @@ def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
 
 def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     data = CharCorpus.load(ctx.rng)
-    gcfg = GPTConfig(
-        vocab=data.vocab,
-        seq_len=cfg["seq_len"],
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        d_model=cfg["d_model"],
-    )
+    gcfg = GPTConfig.of(cfg, data.vocab)
     batch_seed, val_seed = (int(x) for x in ctx.rng.integers(0, 2**31, size=2))
     runs: dict[str, dict[str, Any]] = {}
     for label, tau in (("no_clip", None), ("qk_clip", cfg["tau"])):

@@ -50,13 +50,7 @@ def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
 
 def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     data = CharCorpus.load(ctx.rng)
-    gcfg = GPTConfig(
-        vocab=data.vocab,
-        seq_len=cfg["seq_len"],
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        d_model=cfg["d_model"],
-    )
+    gcfg = GPTConfig.of(cfg, data.vocab)
     batch_seed = int(ctx.rng.integers(0, 2**31))
     runs: dict[str, dict[str, Any]] = {}
     for label, pol in ctx.track(list(_policies(cfg["beta"]).items()), desc="runs"):

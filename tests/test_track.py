@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lowprec import LowprecError
+from lowprec.errors import ConfigError
 from lowprec.formats import fp32, fp64
 from lowprec.kernels.optim import adam_update_rms_meanfield
 from lowprec.tinygpt import CharCorpus, GPTConfig, TinyGPT
@@ -193,3 +194,10 @@ def test_training_monitor_end_to_end(rng: np.random.Generator, tmp_path: Path) -
     fired = [i for i, r in enumerate(recs) if min(r["qk_gamma"]["blocks.0.attn.core"]) < 1]
     assert fired, f"no clip fired with tau={tau} below the initial MaxLogit"
     assert layer_max(recs[0]["max_logit"]) == max(recs[0]["max_logit"]["blocks.0.attn.core"])
+
+
+def test_gpt_config_of_a_study_config() -> None:
+    cfg = {"seq_len": 12, "n_layer": 2, "n_head": 2, "d_model": 16, "steps": 5}
+    assert GPTConfig.of(cfg, 20) == CFG
+    with pytest.raises(ConfigError, match=r"lacks \['n_head'\]"):
+        GPTConfig.of({k: v for k, v in cfg.items() if k != "n_head"}, 20)
