@@ -10,10 +10,11 @@ heads (or query rows) on one thread per core (``NUMBA_NUM_THREADS``), each with 
 BLAS. For the one-core comparison set ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 NUMBA_NUM_THREADS=1``.
 
-The last row reruns the forward with every product done by float64 BLAS and one rounding to
-fp32 (not exact: up to one fp32 ulp off in rare near-midpoint cases): the kernel's own cost, with
-the exact accumulation model's cost taken out. The gap between the two forward rows is the price
-of ``RoundOnce(fp32)``'s exactness guarantee.
+The ``fa2_bf16_h100`` row runs the same forward with every product on the H100 tensor-core model
+(block-wise aligned and truncated sums) instead of the exact once-rounded one. The last row
+reruns the forward with every product done by float64 BLAS and one rounding to fp32 (not exact:
+up to one fp32 ulp off in rare near-midpoint cases): the gap between it and the fa2_bf16 forward
+row is the price of ``RoundOnce(fp32)``'s exactness guarantee.
 
 Usage: ``python benchmarks/bench_attention.py [--n 2048] [--repeat 3] [--seed 0]``
 """
@@ -77,6 +78,7 @@ def main() -> int:
     q32, k32, v32 = (x.astype(np.float32) for x in (q, k, v))
     scale = 1.0 / np.sqrt(args.d)
     pol = AttentionPolicy.preset("fa2_bf16")
+    h100 = AttentionPolicy.preset("fa2_bf16_h100")  # products on the tensor-core model
     blas = BlasThenRound()
     pol_blas = pol.replace(scores_accum=blas, row_sum_accum=blas, pv_accum=blas)
     bs = args.block
@@ -87,6 +89,7 @@ def main() -> int:
         ("fa2_bf16 blocked forward", lambda: blocked(q, k, v, pol, block_q=bs, block_k=bs)),
         ("fa2_bf16 blocked backward", lambda: backward(q, k, v, out, lse, do, pol, block_k=bs)),
         ("naive_bf16 naive forward", lambda: naive(q, k, v, AttentionPolicy.preset("naive_bf16"))),
+        ("fa2_bf16_h100 blocked forward", lambda: blocked(q, k, v, h100, block_k=bs)),
         ("fa2_bf16 forward, BLAS-then-round", lambda: blocked(q, k, v, pol_blas, block_k=bs)),
     ]
     print(f"shape (B, H, N, D) = {shape}, block {bs}, best of {args.repeat}, {workers()} threads")

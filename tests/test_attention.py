@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import pytest
 
+from lowprec import ulp
+from lowprec.accum import tensor_core_preset
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import fp64
 from lowprec.kernels import AttentionPolicy, backward, blocked, naive, prepare_inputs
+from lowprec.kernels.policy import fa2_on_tensor_cores
 from lowprec.testing import assert_within_budget
 
 FP64 = AttentionPolicy.preset("fp64")
@@ -115,6 +119,8 @@ BUDGETS = [
     ("naive_bf16", "blocked", "naive_bf16"),
     ("fa2_bf16", "blocked", "naive_bf16"),
     ("fa2_fp16", "blocked", "naive_fp16"),
+    ("fa2_bf16_a100", "blocked", "naive_bf16"),
+    ("fa2_bf16_h100", "blocked", "naive_bf16"),
     ("qiu_yao_bf16", "blocked", "naive_bf16"),
     ("fp8_per_tensor", "blocked", "fp8_per_tensor"),
     ("fa3_fp8", "blocked", "fa3_fp8"),
@@ -139,6 +145,40 @@ def test_preset_within_budget_of_naive_same_precision(rng, name, kernel, baselin
     emulated, _ = naive(q, k, v, base, causal=causal, rng=np.random.default_rng(seed))
     assert np.max(np.abs(out - ref)) > 0  # the precision is really emulated
     assert_within_budget(out, ref, emulated, fmt=pol.out_fmt, label=f"{name} vs {baseline}")
+
+
+@pytest.mark.parametrize(("name", "gpu"), [("fa2_bf16_a100", "A100"), ("fa2_bf16_h100", "H100")])
+def test_tensor_core_presets_run_every_product_on_the_gpus_model(rng, name, gpu):
+    pol = AttentionPolicy.preset(name)
+    tc = tensor_core_preset(gpu, "bf16", "fp32")
+    assert pol.scores_accum == pol.pv_accum == pol.dp_accum == pol.grad_accum == tc
+    base = AttentionPolicy.preset("fa2_bf16")
+    same = {"name", "scores_accum", "pv_accum", "dp_accum", "grad_accum"}
+    for f in dataclasses.fields(pol):
+        if f.name not in same:
+            assert getattr(pol, f.name) == getattr(base, f.name), f.name
+    # the truncating fp32 accumulators move the fp32 results by ~2**-20 of the scale
+    # sum_j p_j |v_j| / l; the bf16 output then lands on the same value or on a neighbour
+    # at most an ulp of the output (or of that scale, where the output cancels) away
+    q, k, v = inputs(rng, h=4, hk=4, n=256, m=256, d=64, dv=64)  # ~50 of 65536 outputs move
+    q, k, v = prepare_inputs(q, k, v, pol)
+    a, _ = blocked(q, k, v, pol, block_k=64)
+    b, _ = blocked(q, k, v, AttentionPolicy.preset("fa2_bf16"), block_k=64)
+    scale, _ = naive(q, k, np.abs(v), FP64)
+    moved = a != b
+    assert 0 < np.mean(moved) < 0.05
+    bound = np.asarray(ulp(b, "bf16")) + np.asarray(ulp(scale, "bf16"))
+    assert np.all(np.abs(a - b) <= bound)
+
+
+def test_fa2_on_tensor_cores_refuses_what_fa2_does_not_run(rng):
+    assert fa2_on_tensor_cores("RTX 4090", "fp16").name == "fa2_fp16_rtx4090"
+    with pytest.raises(ConfigError, match="Ampere or newer"):
+        fa2_on_tensor_cores("V100", "fp16")
+    with pytest.raises(ConfigError, match="bf16 or fp16"):
+        fa2_on_tensor_cores("H100", "fp8_e4m3fn")
+    with pytest.raises(LowprecError, match="unknown GPU"):
+        fa2_on_tensor_cores("Z80")
 
 
 def test_budget_catches_a_worse_kernel(rng):

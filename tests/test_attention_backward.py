@@ -90,7 +90,8 @@ def test_delta_alternatives_differ_in_bf16(rng):
 
 
 @pytest.mark.parametrize(
-    ("name", "baseline"), [("fa2_bf16", "naive_bf16"), ("fa2_fp16", "naive_fp16")]
+    ("name", "baseline"),
+    [("fa2_bf16", "naive_bf16"), ("fa2_fp16", "naive_fp16"), ("fa2_bf16_h100", "naive_bf16")],
 )
 def test_bf16_backward_within_budget_of_naive(rng, name, baseline):
     q, k, v, do = inputs(rng, h=2, hk=1, n=48, m=48, d=32, dv=32)

@@ -403,6 +403,54 @@ def fa2_fp16() -> AttentionPolicy:
     return _fa2("fa2_fp16", fp16)
 
 
+def fa2_on_tensor_cores(gpu: str, fmt: Format | str = "bf16") -> AttentionPolicy:
+    """:func:`fa2_bf16` (or its fp16 twin) with every matrix product on ``gpu``'s tensor cores.
+
+    The score, PV, dP and gradient products take the tensor-core model of
+    :func:`lowprec.accum.tensor_core_preset` (products exact, blocks of terms aligned and
+    truncated, fp32 accumulator rounded toward zero; Khattak & Mikaitis, arXiv 2512.07004;
+    Xie et al., MMA-Sim, arXiv 2511.10909) instead of the ideal once-rounded fp32 sum. The row
+    sums and D stay once-rounded fp32 sums (the kernel adds them with FADDs and warp shuffles,
+    whose order is not modelled), ``exp2f`` is the correctly rounded exp2 (not
+    ``ex2.approx``), and dQ accumulates across key blocks through the accumulator (FlashAttention-2
+    adds each block's dQ with an fp32 atomicAdd). Named ``fa2_<fmt>_<gpu>``.
+
+    Raises:
+        LowprecError: If the GPU or format is unknown, the GPU predates FlashAttention-2
+            (Volta), or it has no such tensor core.
+    """
+    from lowprec.accum.tensorcore import gpu_arch, tensor_core_preset
+
+    f = get_format(fmt)
+    if f not in (bf16, fp16):
+        raise ConfigError(f"fmt={f.name}; FlashAttention-2 takes bf16 or fp16 inputs")
+    if gpu_arch(gpu) == "volta":
+        raise ConfigError(f"gpu={gpu!r}: FlashAttention-2 runs on Ampere or newer GPUs")
+    tc = tensor_core_preset(gpu, f, fp32)
+    key = "".join(c for c in str(gpu).lower() if c.isalnum())
+    return _fa2(f"fa2_{f.name}_{key}", f).replace(
+        scores_accum=tc, pv_accum=tc, dp_accum=tc, grad_accum=tc
+    )
+
+
+def fa2_bf16_a100() -> AttentionPolicy:
+    """FlashAttention-2 CUDA kernel, bf16, on A100 tensor cores (mma.sync m16n8k16).
+
+    :func:`fa2_on_tensor_cores` for Ampere: 8-term fused blocks with 24 fraction bits, fp32
+    accumulation rounded toward zero (Khattak & Mikaitis, arXiv 2512.07004).
+    """
+    return fa2_on_tensor_cores("A100", bf16)
+
+
+def fa2_bf16_h100() -> AttentionPolicy:
+    """FlashAttention-2 CUDA kernel, bf16, on H100 tensor cores.
+
+    :func:`fa2_on_tensor_cores` for Hopper: 16-term fused blocks with 25 fraction bits, fp32
+    accumulation rounded toward zero (MMA-Sim, arXiv 2511.10909).
+    """
+    return fa2_on_tensor_cores("H100", bf16)
+
+
 def qiu_yao_bf16() -> AttentionPolicy:
     """The pure-PyTorch FlashAttention-2 of Qiu & Yao's experiments: O and l held in bf16.
 
@@ -473,6 +521,8 @@ _PRESETS: dict[str, Callable[[], AttentionPolicy]] = {
     "naive_fp16": naive_fp16,
     "fa2_bf16": fa2_bf16,
     "fa2_fp16": fa2_fp16,
+    "fa2_bf16_a100": fa2_bf16_a100,
+    "fa2_bf16_h100": fa2_bf16_h100,
     "qiu_yao_bf16": qiu_yao_bf16,
     "fp8_per_tensor": fp8_per_tensor,
     "fa3_fp8": fa3_fp8,
