@@ -33,8 +33,9 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
   accumulated over query blocks (32/64/256 rows by sequence length) **in the output format**:
   the kernel adds each block's fp32 product into the bf16/fp16 gradient tensor.
 * **torch math SDPA**: fp32 maths on upcast inputs (:func:`torch_math_policy`).
-* **CUDA flash / efficient**: ``fa2_bf16`` / ``fa2_fp16`` blocked with 128-key blocks (64 for
-  efficient).
+* **CUDA flash / efficient**: FlashAttention-2 blocked with 128-key blocks (64 for efficient),
+  every product on the GPU's tensor-core model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
+  ``fa2_bf16`` / ``fa2_fp16`` for a GPU without one).
 
 Known deviations the models keep: torch CPU's exponential is a vectorised polynomial
 (``exp_u20``), not the correctly rounded exp the emulator uses, so attention outputs are not
@@ -59,7 +60,7 @@ from lowprec.capture import Capture, Case, case_inputs, inputs_digest, load_capt
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, bf16, fp32, get_format
 from lowprec.kernels import attention as _attn
-from lowprec.kernels.policy import AttentionPolicy
+from lowprec.kernels.policy import AttentionPolicy, fa2_on_tensor_cores
 from lowprec.metrics import ULP_LABELS, ErrorStats, error_stats
 from lowprec.rounding import round_to
 
@@ -306,8 +307,17 @@ def attention_model(case: Case, backend: str, facts: dict[str, Any]) -> Attentio
         )
     if backend in ("flash", "efficient"):
         pol = AttentionPolicy.preset(f"fa2_{fmt.name}")
+        note = ""
+        if facts.get("kind") == "cuda":
+            gpu = gpu_key(str(facts.get("gpu_name", "")))
+            try:
+                pol = fa2_on_tensor_cores(gpu, fmt)
+            except LowprecError as exc:
+                note = f" (no tensor-core model: {exc})"
         bk = FA2_BLOCK_K if backend == "flash" else EFFICIENT_BLOCK_K
-        return AttentionModel(pol, "blocked", bk, description=f"blocked(block_k={bk}), {pol.name}")
+        return AttentionModel(
+            pol, "blocked", bk, description=f"blocked(block_k={bk}), {pol.name}{note}"
+        )
     raise ConfigError(
         f"no emulator model for SDPA backend {backend!r}; expected flash, efficient or math"
     )

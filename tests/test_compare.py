@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowprec.accum import matmul
+from lowprec.accum import matmul, tensor_core_preset
 from lowprec.capture import Capture, Case, TorchDevice, capture, load_capture, save_capture
 from lowprec.compare import (
     MATCH_FRACTION,
@@ -85,7 +85,12 @@ def test_model_choice_follows_the_device() -> None:
     assert "tensor_core_preset" in matmul_model(big, gpu)[1]
     sdpa = Case("a", "sdpa", "bf16", "normal", 0, (1, 1, 200, 64, 64), "default", True)
     assert attention_model(sdpa, "flash", cpu).q_split == 64
-    assert attention_model(sdpa, "flash", gpu).policy.name == "fa2_bf16"
+    assert attention_model(sdpa, "flash", gpu).policy.name == "fa2_bf16_h100"
+    assert attention_model(sdpa, "efficient", gpu).policy.pv_accum == tensor_core_preset(
+        "H100", "bf16"
+    )
+    unknown = attention_model(sdpa, "flash", {"kind": "cuda", "gpu_name": "NVIDIA Z80"})
+    assert unknown.policy.name == "fa2_bf16" and "no tensor-core model" in unknown.description
     assert attention_model(sdpa, "math", gpu).policy.out_fmt == bf16
 
 
