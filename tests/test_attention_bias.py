@@ -9,8 +9,11 @@ Two bias sources are told apart (REFERENCES.md, "Biased rounding"): the rounding
 result to bf16 (the mechanism) and the cast of P-bar to bf16 in the numerator while l sums the
 fp32 P-bar (flash-attention PR #2721). The mechanism is measured as the difference between a
 policy and its twin that differs *only* in ``pv_fmt`` (bf16 vs fp32): both cast P-bar and sum l
-identically, so the second source cancels exactly. A last test shows that the second source is
+identically, so the second source cancels exactly. A test shows that the second source is
 real and visible against fp64 while the twin difference stays clean.
+
+The last tests measure a third source the same way: FlashAttention-2 with O in fp32 on a GPU's
+tensor-core model against its twin with the ideal (exact, rounded once) fp32 accumulator.
 """
 
 from __future__ import annotations
@@ -176,3 +179,36 @@ def test_p_cast_bias_is_a_separate_source(rng):
     ref, _ = naive(q, k, v, AttentionPolicy.preset("fp64"), scale=1.0)
     assert np.sign(delta) * np.sign(np.mean(ref)) * row_t(lo - ref) > 10
     assert abs(twin_t(pol, q, k, v)) < 3
+
+
+# ---- the tensor-core variant: O in fp32, but the fp32 accumulator truncates ----------------
+
+IDEAL_FA2 = AttentionPolicy.preset("fa2_bf16")
+
+
+def tensor_core_t(pol, q, k, v) -> float:
+    """t of O(pol) - O(fa2_bf16), both cast to bf16 at the end: the twins differ only in the
+    accumulation of their products (the GPU's tensor-core model against the exact sum rounded
+    once), so everything else cancels."""
+    lo, _ = run(pol, q, k, v, out_fmt="bf16")
+    hi, _ = run(IDEAL_FA2.replace(dynamic_max_beta=pol.dynamic_max_beta), q, k, v, out_fmt="bf16")
+    return row_t(lo - hi)
+
+
+@pytest.mark.parametrize("name", ["fa2_bf16_a100", "fa2_bf16_h100"])
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_tensor_core_truncation_biases_fa2_toward_zero_with_ties(rng, name, sign):
+    # two tied maxima: O / l = (v_a + v_b) / 2 sits on a bf16 midpoint half the time, and the
+    # tiny terms that decide its rounding are truncated toward zero with the accumulator
+    q, k, v, _ = attention_rows(rng, ties=True, sign=sign, rows=4 * TRIALS)
+    t = tensor_core_t(AttentionPolicy.preset(name), q, k, v)
+    assert -sign * t > 10, t
+
+
+@pytest.mark.parametrize("name", ["fa2_bf16_a100", "fa2_bf16_h100"])
+def test_tensor_core_truncation_leaves_no_bias_without_ties_or_with_dynamic_max(rng, name):
+    pol = AttentionPolicy.preset(name)
+    q, k, v, _ = attention_rows(rng, ties=False, sign=-1.0, rows=4 * TRIALS)
+    assert abs(tensor_core_t(pol, q, k, v)) < 3
+    q, k, v, _ = attention_rows(rng, ties=True, sign=-1.0, rows=4 * TRIALS)
+    assert abs(tensor_core_t(pol.replace(dynamic_max_beta=2.0), q, k, v)) < 3

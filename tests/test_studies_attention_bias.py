@@ -32,3 +32,4 @@ def test_quick_run_supports_the_claim() -> None:
     failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
     assert not failed, failed
     assert result.metrics["O_bias"][mod.BASE]["2"] < 0
+    assert result.metrics["O_bias"][mod.CUDA_TC]["2"] > 0  # V < 0: toward zero
