@@ -10,6 +10,13 @@ yet rounded to any format (the caller rounds them to the kernel's input format).
 * ``ties``: keys come in identical pairs, so every score appears twice in its row and the row
   maximum is always tied. This is the condition under which bf16 flash attention's P̄V is biased
   (Qiu & Yao, arXiv 2510.04212: two or more entries of a row of P̄ equal exactly 1).
+* ``tied_max``: Qiu & Yao's simulation as attention inputs: each row's maximum, drawn from
+  U(1, 3), sits at two adjacent keys (an even and the next odd index, so inside one key block of
+  any even size) and every other score lies 14 to 20 below it; v = -U(1, 2). The queries are
+  one-hot (row i reads dimension i mod D) and k holds the target scores divided by the softmax
+  scale, so the scores are the targets up to the rounding of k to the kernel's format, which
+  keeps the pair tied (the two keys are equal). Rows i and i + D repeat each other. With V < 0
+  the tie mechanism's bias has a known sign.
 * ``large_logits``: q and k scaled so the scores alpha * q.k have standard deviation
   ``logit_std`` (30 by default): exp overflows float32 unless the row maximum is subtracted.
 * ``low_rank``: tokens that are close to a shared low-rank subspace (rank 2 plus noise 0.05), so
@@ -31,9 +38,18 @@ from lowprec.errors import ConfigError
 
 F64 = NDArray[np.float64]
 
-DISTRIBUTIONS: tuple[str, ...] = ("normal", "outliers", "ties", "large_logits", "low_rank")
+DISTRIBUTIONS: tuple[str, ...] = (
+    "normal",
+    "outliers",
+    "ties",
+    "tied_max",
+    "large_logits",
+    "low_rank",
+)
 MATMUL_DISTRIBUTIONS: tuple[str, ...] = ("normal", "outliers", "large_logits", "low_rank")
 
+# Qiu & Yao's simulation: the other scores of a tied row lie at least this far below its maximum
+TIE_GAP = 14.0
 # FlashAttention-3 §4.3: N(0,1) + N(0,100) * Bernoulli(0.001); N(0,100) has variance 100.
 OUTLIER_PROB = 0.001
 OUTLIER_STD = 10.0
@@ -88,6 +104,32 @@ def _check_attention_shapes(q_shape: tuple[int, ...], kv_len: int) -> None:
         )
 
 
+def tied_max(
+    rng: np.random.Generator, q_shape: tuple[int, ...], m: int, alpha: float
+) -> tuple[F64, F64, F64]:
+    """q, k, v of the ``tied_max`` distribution (see the module docstring) for scale ``alpha``.
+
+    Raises:
+        ConfigError: If there are fewer than two keys.
+    """
+    if m < 2:
+        raise ConfigError(f"distribution 'tied_max' needs at least 2 keys; got {m}")
+    *lead, n, d = q_shape
+    rows = min(n, d)  # distinct one-hot queries
+    s_max = rng.uniform(1.0, 3.0, (*lead, rows, 1))
+    s = s_max - TIE_GAP - rng.uniform(0.0, 6.0, (*lead, rows, m))  # (..., rows, M)
+    first = 2 * rng.integers(0, m // 2, (*lead, rows, 1))
+    np.put_along_axis(s, first, s_max, axis=-1)
+    np.put_along_axis(s, first + 1, s_max, axis=-1)
+    q = np.zeros(q_shape)
+    i = np.arange(n)
+    q[..., i, i % d] = 1.0
+    k = np.zeros((*lead, m, d))
+    k[..., :rows] = np.swapaxes(s, -1, -2) / alpha
+    v = -rng.uniform(1.0, 2.0, (*lead, m, d))
+    return q, k, v
+
+
 def attention_inputs(
     distribution: str,
     rng: np.random.Generator,
@@ -129,6 +171,8 @@ def attention_inputs(
         order = rng.permutation(m)
         k = np.concatenate([half, half], axis=-2)[..., order, :]  # (..., M, D): each key twice
         return normal(rng, q_shape), k, normal(rng, kv_shape)
+    if distribution == "tied_max":
+        return tied_max(rng, q_shape, m, alpha)
     if distribution == "large_logits":
         # alpha * q.k with q, k ~ N(0, s^2) per entry has std alpha * s^2 * sqrt(D)
         s = math.sqrt(LARGE_LOGIT_STD / (abs(alpha) * math.sqrt(d)))

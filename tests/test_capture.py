@@ -213,6 +213,7 @@ def test_default_suite_covers_the_issue() -> None:
         assert {c.dtype for c in cases if c.op == "matmul"} == {"bf16", "fp16"}
         assert any(c.op == "scaled_mm" for c in cases)
         assert {"outliers", "ties"} <= {c.dist for c in cases if c.op == "sdpa"}
+        assert ("tied_max" in {c.dist for c in cases}) == (kind == "cuda")
         assert (
             any(c.backward for c in cases)
             and max(c.shape[1] for c in cases if c.op == "matmul") >= 4096
@@ -225,3 +226,25 @@ def test_cli_parser() -> None:
     args = p.parse_args(["capture", "--device", "cpu", "--suite", "smoke", "--out", "x.npz"])
     assert (args.device, args.suite, args.out) == ("cpu", "smoke", "x.npz")
     assert callable(args.func)
+
+
+def test_tied_max_case_on_a_fake_h100_compares_against_its_tensor_core_model() -> None:
+    from lowprec import capture as cap_mod
+    from lowprec.compare import compare_capture
+
+    def suite(kind: str) -> list[Case]:
+        return [Case("sdpa_flash_tied", "sdpa", "bf16", "tied_max", 9, (1, 2, 16, 64, 16), "flash")]
+
+    old = dict(cap_mod.SUITES)
+    cap_mod.SUITES["tied"] = suite
+    try:
+        cap = capture(FakeCudaDevice(), "tied")
+    finally:
+        cap_mod.SUITES.clear()
+        cap_mod.SUITES.update(old)
+    (res,) = compare_capture(cap)
+    assert "fa2_bf16_h100" in res.model
+    (out,) = res.outputs
+    assert out.name == "out" and out.n == 2 * 16 * 16
+    # the (CPU) "hardware" and the model both land within bf16 rounding of the exact output
+    assert out.hw.max_ulp <= 1 and out.emu.max_ulp <= 1

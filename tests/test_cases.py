@@ -22,7 +22,7 @@ def test_attention_shapes_and_determinism(dist: str) -> None:
     for a, b in zip((q, k, v), again, strict=True):
         assert np.array_equal(a, b)
     other = cases.attention_inputs(dist, np.random.default_rng(8), SHAPE, kv_len=48)
-    assert not np.array_equal(q, other[0])
+    assert not all(np.array_equal(a, b) for a, b in zip((q, k, v), other, strict=True))
 
 
 @pytest.mark.parametrize("dist", cases.MATMUL_DISTRIBUTIONS)
@@ -97,3 +97,27 @@ def test_bad_requests_name_the_value(call, fragment: str, rng: np.random.Generat
     with pytest.raises(ConfigError, match=None) as info:
         call(rng)
     assert fragment in str(info.value)
+
+
+def test_tied_max_rows_have_two_adjacent_maxima_far_above_others(rng: np.random.Generator) -> None:
+    from lowprec import round_to
+
+    shape, m = (2, 3, 24, 16), 40  # N > D: rows 16.. repeat rows 0..
+    q, k, v = cases.attention_inputs("tied_max", rng, shape, kv_len=m)
+    k = np.asarray(round_to(k, "bf16"))  # the rounding a bf16 kernel's inputs get
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(shape[-1])  # (B, H, N, M)
+    top = s.max(axis=-1, keepdims=True)
+    tied = s == top
+    assert np.all(tied.sum(axis=-1) == 2)
+    first = tied.argmax(axis=-1)
+    assert np.all(first % 2 == 0) and np.all(np.take_along_axis(tied, first[..., None] + 1, -1))
+    rest = np.where(tied, -np.inf, s).max(axis=-1, keepdims=True)
+    assert np.all(top - rest >= cases.TIE_GAP * (1 - 2.0**-8))  # bf16 rounding of k
+    assert np.all((top > 0.99) & (top < 3.01))
+    np.testing.assert_array_equal(s[..., 16:, :], s[..., :8, :])
+    assert np.all((v >= -2) & (v <= -1))
+
+
+def test_tied_max_needs_two_keys(rng: np.random.Generator) -> None:
+    with pytest.raises(ConfigError, match="at least 2 keys"):
+        cases.attention_inputs("tied_max", rng, (1, 1, 4, 8), kv_len=1)

@@ -99,12 +99,13 @@ def test_good_example_kernel_passes(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, out
     doc = json.loads(js.read_text())
     tensors = [t for c in doc["checks"] for k in c["cases"] for t in k["tensors"]]
-    assert len(tensors) == 6 and all(t["passed"] for t in tensors)
+    n = len(gate._read_toml(EXAMPLES / "lowprec-gate.toml")["defaults"]["cases"])
+    assert len(tensors) == n and all(t["passed"] for t in tensors)
     # the budget is used, but not exhausted: the check can fail
     assert all(0 < t["share"] < 1 for t in tensors)
     suite = ET.parse(xml).getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("6", "0", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == (str(n), "0", "0")
 
 
 def test_each_regression_fails_for_its_reason(
