@@ -937,13 +937,16 @@ HEADLINE_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("first divergent step, FA2 bf16", "first_diverge_step_fa2_bf16"),
     ),
 }
+# variant labels of studies/attention_bias.py (tests/test_report.py checks they exist)
 _BIASED = "FA2, O in bf16 (Qiu & Yao's kernel)"
+_IDEAL_FP32_O = "FA2 CUDA, O in fp32 (ideal fp32 accumulator)"
+_TENSOR_CORES = "FA2 CUDA on H100 tensor cores (truncating fp32 accumulator)"
 _FIXES = (
-    ("keep O in fp32 as the FlashAttention-2 CUDA kernel does", "FA2 CUDA, O in fp32"),
     (
-        "or rescale with the dynamic maximum and hold l in fp32",
+        "rescale with the dynamic maximum and hold l in fp32",
         "same + dynamic max beta=2, l in fp32",
     ),
+    ("on tensor cores, the dynamic maximum", "same on H100 + dynamic max beta=2"),
 )
 _FP8_ROWS = (
     "FlashAttention-2 fp16",
@@ -1059,13 +1062,27 @@ def kernel_engineer_summary(
             for label, key in _FIXES
             if o_t.get(key)
         ]
+        fp32_o = ""
+        if o_t.get(_IDEAL_FP32_O):
+            worst = max(abs(float(t)) for t in o_t[_IDEAL_FP32_O].values())
+            fp32_o = (
+                " Keeping O in fp32, as the FlashAttention-2 CUDA kernel does, removes it with an "
+                f"ideal fp32 accumulator (largest |t| {worst:.2f})"
+            )
+            if "2" in o_bias.get(_TENSOR_CORES, {}):
+                fp32_o += (
+                    "; on H100 tensor cores, whose accumulators truncate, the model predicts a "
+                    f"smaller bias toward zero: <b>{g(float(o_bias[_TENSOR_CORES]['2']))}</b> "
+                    f"with 2 ties (t = {float(o_t[_TENSOR_CORES]['2']):.1f})"
+                )
+            fp32_o += "."
         lines.append(
             "<b>Is it biased?</b> Yes, when the kernel keeps the unnormalised output O in bf16 "
             f"and a row's maximum score repeats: with 2 tied maxima the bias of O is "
             f"<b>{g(float(o_bias[_BIASED]['2']))}</b> (t = {float(o_t[_BIASED]['2']):.1f}; one "
             f"maximum: t = {float(o_t[_BIASED]['1']):.2f}), with the sign of V, and it reaches "
-            "D and dQ. <b>Fix:</b> " + "; ".join(fixes) + ". Stochastic rounding of O removes it "
-            "too (<a href='attention_bias/report.html'>attention_bias</a>)."
+            f"D and dQ.{fp32_o} <b>Fix:</b> " + "; ".join(fixes) + ". Stochastic rounding of O "
+            "removes it too (<a href='attention_bias/report.html'>attention_bias</a>)."
         )
     else:
         lines.append(

@@ -331,6 +331,9 @@ def test_index_opens_with_numbers_from_the_results(tmp_path: Path) -> None:
     biased = bias.metrics["O_bias"][rp._BIASED]["2"]
     t = bias.metrics["O_t"][rp._BIASED]["2"]
     assert f"<b>{fmt_value(biased)}</b> (t = {t:.1f}" in summary and "<b>Fix:</b>" in summary
+    toward_zero = bias.metrics["O_bias"][rp._TENSOR_CORES]["2"]
+    assert f"<b>{fmt_value(toward_zero)}</b> with 2 ties" in summary
+    assert all(label in summary for label, _ in rp._FIXES)
     assert "lowprec gate lowprec-gate.toml" in summary and rp.GATE_README in summary
     assert "No captures found" in index  # no compare data: the measured bf16 line is left out
     assert "measured" not in summary
@@ -338,3 +341,12 @@ def test_index_opens_with_numbers_from_the_results(tmp_path: Path) -> None:
     table = index[index.index("<h2>Studies</h2>") :]
     assert "href='fp8_attention/report.html'" in table
     assert f"FA2 fp16 RMSE = {fmt_value(rmse['FlashAttention-2 fp16'])}" in table
+
+
+def test_index_names_variants_the_attention_bias_study_runs() -> None:
+    from lowprec.study import get_study
+    from studies import attention_bias
+
+    labels = {lab for lab, *_ in attention_bias._variants(get_study("attention_bias").config())}
+    used = {rp._BIASED, rp._IDEAL_FP32_O, rp._TENSOR_CORES, *(key for _, key in rp._FIXES)}
+    assert used <= labels, used - labels
