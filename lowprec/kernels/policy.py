@@ -437,7 +437,9 @@ def fa2_bf16_a100() -> AttentionPolicy:
     """FlashAttention-2 CUDA kernel, bf16, on A100 tensor cores (mma.sync m16n8k16).
 
     :func:`fa2_on_tensor_cores` for Ampere: 8-term fused blocks with 24 fraction bits, fp32
-    accumulation rounded toward zero (Khattak & Mikaitis, arXiv 2512.07004).
+    accumulation rounded toward zero (Khattak & Mikaitis, arXiv 2512.07004). The model
+    reproduces their recorded A100 bf16 ``wmma`` outputs, the ``mma.sync`` path FlashAttention-2
+    compiles to, bit for bit (``lowprec hw-check``).
     """
     return fa2_on_tensor_cores("A100", bf16)
 
@@ -446,7 +448,9 @@ def fa2_bf16_h100() -> AttentionPolicy:
     """FlashAttention-2 CUDA kernel, bf16, on H100 tensor cores.
 
     :func:`fa2_on_tensor_cores` for Hopper: 16-term fused blocks with 25 fraction bits, fp32
-    accumulation rounded toward zero (MMA-Sim, arXiv 2511.10909).
+    accumulation rounded toward zero (MMA-Sim, arXiv 2511.10909). The model reproduces the
+    recorded H100 bf16 ``wmma`` outputs of Khattak & Mikaitis (arXiv 2512.07004), the
+    ``mma.sync`` path FlashAttention-2 compiles to on Hopper, bit for bit (``lowprec hw-check``).
     """
     return fa2_on_tensor_cores("H100", bf16)
 
