@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
+from threadpoolctl import ThreadpoolController
 
 from lowprec._jit import on_serial_thread, serial_here
 
@@ -41,8 +42,6 @@ def _single_threaded_blas() -> Any:
     left on the same thread, it restores the count and gives the control back.
     """
     global _controller
-    from threadpoolctl import ThreadpoolController
-
     with _lock:
         if _controller is None:
             _controller = ThreadpoolController()

@@ -284,14 +284,15 @@ def _outcome(
     even = [t for t in multi if t % 2 == 0]
     odd = [t for t in multi if t % 2 == 1]
     b0 = cfg["betas"][0]
-    for lab in [lab for lab, *_ in variants if lab.startswith("same + dynamic max") and
-                "fp32" not in lab]:  # fmt: skip
+    dyn_labels = [lab for lab, *_ in variants if lab.startswith("same + dynamic max")
+                  and "fp32" not in lab] if even else []  # fmt: skip
+    for lab in dyn_labels:
         r = results[lab]
         share = max(
             (abs(r[w][idx[t]]["bias"]) / abs(base[w][idx[t]]["bias"]), w, t)
             for w in ("O", "D", "dQ")
             for t in even
-        ) if even else (0.0, "O", 0)  # fmt: skip
+        )
         checks.append(
             Check(
                 f"{lab} cuts the bias of O, D and dQ at least tenfold for an even number of ties "
