@@ -957,14 +957,26 @@ _FP8_ROWS = (
 GATE_README = "../README.md#numerics-gate"
 
 
+def _known_study(name: str) -> Study | None:
+    """The registered study called ``name``; None for a result of no known study."""
+    try:
+        return get_study(name)
+    except LowprecError:
+        return None
+
+
 def headline_numbers(result: Result) -> list[tuple[str, Any]]:
     """The index's headline numbers of a result: (label, value) pairs.
 
-    The metrics named in :data:`HEADLINE_METRICS` for the study; when none is found, the first
+    The metrics the study declares in ``Study.headline`` (else those named in
+    :data:`HEADLINE_METRICS`); when none is found, the first
     three numeric metrics under their flattened keys.
     """
     flat = dict(_flat_metrics(result.metrics))
-    picked = [(label, flat[k]) for label, k in HEADLINE_METRICS.get(result.study, ()) if k in flat]
+    study = _known_study(result.study)
+    declared = study.headline if study is not None and study.headline else ()
+    keys = declared or HEADLINE_METRICS.get(result.study, ())
+    picked = [(label, flat[k]) for label, k in keys if k in flat]
     if picked:
         return picked
     return [(k, v) for k, v in flat.items() if isinstance(v, (int, float))][:3]

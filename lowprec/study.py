@@ -283,6 +283,9 @@ class Study:
         full: Overrides of ``quick`` keys for ``--full``.
         run: ``run(config, ctx) -> Outcome``.
         plot: ``plot(result) -> list[Plot]``; None for no figures.
+        headline: The index's headline numbers: ``(label, flattened metric key)`` pairs, the
+            key as the report flattens ``metrics`` (nested dicts joined by ``.``). Empty: the
+            first three numeric metrics.
     """
 
     name: str
@@ -291,6 +294,7 @@ class Study:
     full: Mapping[str, Any]
     run: RunFn
     plot: PlotFn | None = None
+    headline: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

@@ -16,7 +16,6 @@ from typing import Any, Literal
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
 from conftest import assert_same_bits, reference_round
 from hypothesis import Phase, given
 from hypothesis import settings as hsettings
@@ -33,6 +32,7 @@ from lowprec.formats import (
     fp8_e4m3fnuz,
     fp8_e5m2,
     fp16,
+    fp32,
 )
 from lowprec.rounding import _random_words, default_rand_bits
 
@@ -158,7 +158,9 @@ def test_issue_example_no_double_rounding() -> None:
     """1 + 2**-8 + 2**-40 lies above the bf16 midpoint 1 + 2**-8: it must round up."""
     x = 1 + 2.0**-8 + 2.0**-40
     assert round_to(x, "bf16") == 1.0078125
-    assert float(np.float64(x).astype(ml_dtypes.bfloat16)) == 1.0  # the double rounding
+    assert round_to(x, "bf16") == reference_round(np.float64(x), bf16, Rounding.NEAREST_EVEN)
+    # rounding through float32 first lands on the midpoint and ties to even: the trap is real
+    assert round_to(np.float32(x), "bf16") == 1.0
 
 
 @pytest.mark.parametrize(
@@ -218,7 +220,7 @@ def test_mx_formats_without_nan_or_inf() -> None:
     assert round_to(100.0, fp4_e2m1) == 6.0
     assert round_to(-math.inf, fp4_e2m1) == -6.0
     assert round_to(7.0, fp4_e2m1) == 6.0
-    # NaN stays NaN in the carrier (ml_dtypes turns it into -0, hiding it)
+    # NaN stays NaN in the carrier (no fp4 code can hold it; lowprec does not hide it as a zero)
     assert math.isnan(round_to(math.nan, fp4_e2m1))
 
 
@@ -231,9 +233,9 @@ def test_e8m0() -> None:
     assert math.isnan(round_to(2.0**128, e8m0))
     assert round_to(2.0**128, e8m0, saturate=True) == 2.0**127
     # p = 1: a tie between 2**e and 2**(e+1) has two candidates with significand 1; lowprec,
-    # its reference and ml_dtypes all round it up
+    # lowprec and its reference round it up
     assert round_to(np.float32(3.0), e8m0) == 4.0
-    assert float(np.float32(3.0).astype(ml_dtypes.float8_e8m0fnu)) == 4.0
+    assert reference_round(np.float64(3.0), e8m0, Rounding.NEAREST_EVEN) == 4.0
     assert round_to(1.5, e8m0) == 2.0
 
 
@@ -249,28 +251,20 @@ def _double_rounding_traps(fmt: Format, rng: np.random.Generator) -> np.ndarray:
     return lo + gap / 2 + nudge
 
 
-@pytest.mark.parametrize(
-    ("fmt", "ml", "tt"),
-    [
-        (bf16, ml_dtypes.bfloat16, torch.bfloat16),
-        (fp16, None, torch.float16),
-        (fp8_e4m3fn, ml_dtypes.float8_e4m3fn, torch.float8_e4m3fn),
-        (fp8_e5m2, ml_dtypes.float8_e5m2, torch.float8_e5m2),
-    ],
-    ids=str,
-)
-def test_libraries_round_float64_twice_lowprec_does_not(
-    fmt: Format, ml: Any, tt: Any, rng: np.random.Generator
-) -> None:
+@pytest.mark.parametrize("fmt", [bf16, fp16, fp8_e4m3fn, fp8_e5m2], ids=str)
+def test_float64_traps_round_once(fmt: Format, rng: np.random.Generator) -> None:
+    """Values nearer a midpoint than float32 resolves round once, as the reference does.
+
+    Whether a peer (ml_dtypes, torch) rounds these twice depends on its version; that is measured
+    at run time by :mod:`lowprec.peers`, never asserted here.
+    """
     x = _double_rounding_traps(fmt, rng)
     x = x[np.abs(x) <= fmt.max]
     got = round_to(x, fmt)
     assert_same_bits(got, reference_round(x, fmt, Rounding.NEAREST_EVEN), x, f"{fmt} traps")
-    wrong_torch = torch.from_numpy(x).to(tt).double().numpy() != got
-    assert wrong_torch.mean() > 0.25, "torch should round some traps twice"
-    if ml is not None:
-        wrong_ml = x.astype(ml).astype(np.float64) != got
-        assert wrong_ml.mean() > 0.25, "ml_dtypes should round some traps twice"
+    # the traps are traps: through float32 first, most of them land on the midpoint
+    twice = round_to(round_to(x, fp32), fmt)
+    assert (twice != got).mean() > 0.25, "the trap generator no longer makes double-rounding traps"
 
 
 # ---- stochastic rounding -----------------------------------------------------------------------

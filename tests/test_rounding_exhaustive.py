@@ -19,7 +19,7 @@ from conftest import (
 )
 
 from lowprec import Rounding, round_to
-from lowprec.formats import FORMATS, Format, e8m0, fp32
+from lowprec.formats import FORMATS, Format, fp32
 
 TABLE_FORMATS = [f for f in FORMATS.values() if has_table(f)]
 DETERMINISTIC = [m for m in Rounding if m is not Rounding.STOCHASTIC]
@@ -63,27 +63,27 @@ ML_FORMATS = [f for f in FORMATS.values() if f.ml_dtype is not None and f.bits <
 
 @pytest.mark.parametrize("fmt", ML_FORMATS, ids=str)
 def test_float32_patterns_match_ml_dtypes(fmt: Format, rng: np.random.Generator) -> None:
-    """ml_dtypes is correct from float32 with RNE and no saturation, except where noted:
+    """Every float32 prefix pattern, lowprec against ml_dtypes as a fast second opinion.
 
-    * fp6/fp4 have no NaN code: ml_dtypes turns NaN into +-0, lowprec keeps NaN in the carrier.
-    * e8m0: ml_dtypes rounds every float32 subnormal in (2**-127, 2**-126) up to 2**-126,
-      though those below 1.5 * 2**-127 are nearer 2**-127; lowprec follows the reference there.
+    ml_dtypes is not the judge: wherever it and lowprec differ, lowprec must equal the exact
+    reference (so a peer's version, fixed or not, cannot fail or pass this test). fp6/fp4 have no
+    NaN code: lowprec keeps NaN in the carrier, whatever a peer maps it to.
     """
     x = _float32_prefix_sweep(rng)
     with np.errstate(invalid="ignore", over="ignore"):
         oracle = x.astype(fmt.ml_dtype).astype(np.float32)
     got = round_to(x, fmt)
     assert got.dtype == np.float32
-    exempt = np.zeros(x.shape, bool)
     if not fmt.has_nan:
-        exempt = np.isnan(x)
-        assert np.isnan(got[exempt]).all()
-    if fmt is e8m0:
-        exempt = (np.abs(x) > 2.0**-127) & (np.abs(x) < 2.0**-126)
-        spec = reference_round(x[exempt], fmt, Rounding.NEAREST_EVEN)
-        assert_same_bits(got[exempt], spec, x[exempt], "e8m0 float32 subnormals")
-        assert not same_bits(got[exempt], oracle[exempt]).all()  # ml_dtypes' slip, documented
-    assert_same_bits(got[~exempt], oracle[~exempt], x[~exempt], f"{fmt} vs ml_dtypes")
+        assert np.isnan(got[np.isnan(x)]).all()
+    differ = ~same_bits(got, oracle) & ~np.isnan(x)
+    spec = reference_round(x[differ], fmt, Rounding.NEAREST_EVEN)
+    assert_same_bits(got[differ], spec, x[differ], f"{fmt} where ml_dtypes differs")
+    agree = ~differ & ~np.isnan(x)
+    spot = rng.choice(np.flatnonzero(agree), min(4096, int(agree.sum())), replace=False)
+    assert_same_bits(
+        got[spot], reference_round(x[spot], fmt, Rounding.NEAREST_EVEN), x[spot], "spot"
+    )
 
 
 def _fp32_directed(x: np.ndarray, mode: Rounding) -> np.ndarray:
