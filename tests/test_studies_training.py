@@ -42,6 +42,7 @@ TINY: dict[str, dict[str, Any]] = {
         "tau": 0.5,
         "val_batches": 2,
         "logit_scales": [1.0, 100.0],
+        "seeds": 2,
     },
     "training_stability": {
         "steps": 4,
@@ -52,6 +53,7 @@ TINY: dict[str, dict[str, Any]] = {
         "d_model": 16,
         "block_k": 8,
         "record_every": 2,
+        "seeds": 2,
     },
 }
 
@@ -107,3 +109,19 @@ def test_training_stability_records_gradient_errors() -> None:
     assert runs["fa2_bf16"]["bias_step"] == [0, 2]
     assert all(e > 0 for e in runs["fa2_bf16"]["out_rel_err"])
     assert runs["fp32"]["bias_step"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "per_seed"),
+    [("training_stability", "gaps"), ("maxlogit_qkclip", "max_logit_no_clip")],
+)
+def test_torch_studies_run_every_seed(name: str, per_seed: str) -> None:
+    """Each seed is its own run (other weights, other batches); the first is the seeds=1 run."""
+    two = _run(name)
+    one = get_study(name).run_study(overrides={**TINY[name], "seeds": 1}, progress=False)
+    assert two.metrics["seeds"] == 2 and one.metrics["seeds"] == 1
+    series = two.series[per_seed]
+    runs = list(series.values()) if isinstance(series, dict) else [series]
+    for r in runs:
+        assert len(r) == 2 and r[0] != r[1]
+    assert two.series["runs"] == one.series["runs"]
