@@ -30,10 +30,11 @@ import numpy as np
 
 from lowprec import round_to
 from lowprec._threads import workers
+from lowprec.accum import AccumModel
 from lowprec.kernels import AttentionPolicy, backward, blocked, naive
 
 
-class BlasThenRound:
+class BlasThenRound(AccumModel):
     """Diagnostic accumulation model: float64 BLAS ``a @ b + c``, rounded once to fp32.
 
     Not exact (float64 BLAS rounds inside the sum); used only to time the kernel without the

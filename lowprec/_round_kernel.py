@@ -310,3 +310,10 @@ def _round_bits_rne(
 
 
 round_bits_rne, round_bits_rne_serial = parallel_and_serial(_round_bits_rne)
+
+
+# Public names of the nearest-even and any-mode element kernels, for the compiled loops of the
+# modules above (accumulation, attention): the same dispatchers under the names they import
+rne_setup = _rne_setup
+rne_elem = _rne_elem
+fast_any = _fast_any

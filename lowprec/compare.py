@@ -32,7 +32,7 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
   rowsum(dO * O) in fp32, dS = P (dP - D) in fp32 cast to the input format, and dK, dV
   accumulated over query blocks (32/64/256 rows by sequence length) **in the output format**:
   the kernel adds each block's fp32 product into the bf16/fp16 gradient tensor.
-* **torch math SDPA**: fp32 maths on upcast inputs (:func:`torch_math_policy`).
+* **torch math SDPA**: fp32 maths on upcast inputs (:func:`lowprec.kernels.policy.torch_math`).
 * **CUDA flash / efficient**: FlashAttention-2 blocked with 128-key blocks (64 for efficient),
   every product on the GPU's tensor-core model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
   ``fa2_bf16`` / ``fa2_fp16`` for a GPU without one).
@@ -55,20 +55,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lowprec.accum import Chunked, RoundOnce, Sequential, add_round, matmul
+from lowprec.accum import Chunked, RoundOnce, matmul
+from lowprec.accum.cpu import ONEDNN_CHUNK_SHORT, Interleaved, PairSwapped, onednn_bf16
 from lowprec.capture import Capture, Case, case_inputs, inputs_digest, load_capture
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, bf16, fp32, get_format
 from lowprec.kernels import attention as _attn
-from lowprec.kernels.policy import AttentionPolicy, fa2_on_tensor_cores
+from lowprec.kernels.policy import AttentionPolicy, fa2_on_tensor_cores, torch_cpu_flash, torch_math
 from lowprec.metrics import ULP_LABELS, ErrorStats, error_stats
 from lowprec.rounding import round_to
 
 F64 = NDArray[np.float64]
 
-# oneDNN brgemm matmul on AVX512-BF16: K chunk per product length (measured; see module docstring)
-ONEDNN_CHUNK_SHORT = 512
-ONEDNN_CHUNK_LONG = 1024
 # ATen routes a matmul to oneDNN only above this many multiply-adds (mkldnn/Matmul.cpp, checksize)
 MKLDNN_MIN_MNK = 16 * 16 * 16
 # torch CPU flash attention: kvSplitSize, and qSplitSize by query length (FlashAttentionKernel.cpp)
@@ -77,69 +75,6 @@ CPU_FLASH_Q_SPLITS = ((768, 256), (192, 64), (0, 32))
 # FlashAttention-2 key block for head dim <= 64 (flash_fwd_launch_template.h); efficient: 64
 FA2_BLOCK_K = 128
 EFFICIENT_BLOCK_K = 64
-
-
-# ---- accumulation models of torch's CPU kernels -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class PairSwapped:
-    """Sequential FMA accumulation over K, each pair (2i, 2i+1) taken as 2i+1 then 2i.
-
-    The order of x86 ``vdpbf16ps`` (Intel SDM, VDPBF16PS: ``dst += a[2i+1]*b[2i+1]`` then
-    ``dst += a[2i]*b[2i]``, each rounded to fp32 nearest-even); a lone last element goes alone.
-    Denormal flushing (the instruction's DAZ/FTZ) is not modelled.
-
-    Attributes:
-        fmt: Accumulator format.
-    """
-
-    fmt: Format | str = fp32
-
-    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
-        k = a.shape[-1]
-        perm = np.arange(k) ^ 1
-        if k % 2:
-            perm[-1] = k - 1
-        return Sequential(self.fmt)._matmul(a[..., perm], b[..., perm, :], c)
-
-
-@dataclass(frozen=True)
-class Interleaved:
-    """``ways`` interleaved sequential accumulators, the tail into the first, summed in order.
-
-    ATen's ``sum`` helper (``aten/src/ATen/native/cpu/BlasKernel.cpp``): partial ``r`` takes
-    products r, r + ways, ... of the longest multiple of ``ways``; the leftover products go into
-    partial 0; the result is ``((p0 + p1) + p2) + p3``, then ``c`` is added.
-
-    Attributes:
-        fmt: Accumulator format.
-        ways: Number of partial sums.
-    """
-
-    fmt: Format | str = fp32
-    ways: int = 4
-
-    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
-        fmt = get_format(self.fmt)
-        k = a.shape[-1]
-        full = k - k % self.ways
-        seq = Sequential(fmt)
-        total: F64 | None = None
-        for r in range(self.ways):
-            idx = np.arange(r, full, self.ways)
-            if r == 0:
-                idx = np.concatenate([idx, np.arange(full, k)])
-            part = seq._matmul(a[..., idx], b[..., idx, :], None)
-            total = part if total is None else add_round(total, part, fmt)
-        assert total is not None
-        return total if c is None else add_round(total, c, fmt)
-
-
-def onednn_bf16(k: int) -> Chunked:
-    """oneDNN's AVX512-BF16 matmul accumulation for a product of length ``k`` (module docstring)."""
-    n = ONEDNN_CHUNK_SHORT if k <= 2 * ONEDNN_CHUNK_SHORT else ONEDNN_CHUNK_LONG
-    return Chunked(fp32, n, PairSwapped(fp32))
 
 
 def _cpu_uses_onednn(fmt: Format, facts: dict[str, Any]) -> bool:
@@ -225,7 +160,11 @@ class AttentionModel:
 
 
 def torch_cpu_flash_policy(fmt: Format, d: int, facts: dict[str, Any]) -> AttentionPolicy:
-    """torch's CPU flash attention in ``fmt`` (see the module docstring for each step)."""
+    """torch's CPU flash attention in ``fmt`` on the captured CPU (module docstring).
+
+    The steps are :func:`lowprec.kernels.policy.torch_cpu_flash`'s; this picks its products'
+    accumulation models from the device facts (oneDNN or ATen's loop).
+    """
     probe = Case("scores", "matmul", fmt.name, "normal", 0, (1, d, 1))
     scores, _ = matmul_model(probe, facts, mixed_out=True)
     pv = (
@@ -233,54 +172,10 @@ def torch_cpu_flash_policy(fmt: Format, d: int, facts: dict[str, Any]) -> Attent
         if _cpu_uses_onednn(fmt, facts)
         else Interleaved(fp32, 4)
     )
-    return AttentionPolicy(
-        name=f"torch_cpu_flash_{fmt.name}",
-        input_fmt=fmt,
-        scale_apply="scores",
-        scores_accum=scores,
-        scores_fmt=fp32,
-        exp_fmt=fp32,
-        row_sum_accum=RoundOnce(fp32),
-        state_fmt=fp32,
-        normalize="output",
-        probs_fmt=fp32,
-        p_fmt=fmt,
-        pv_accum=pv,
-        pv_fmt=fp32,
-        final_op="reciprocal",
-        out_fmt=fmt,
-        lse_fmt=fp32,
-        grad_fmt=fmt,
-        delta_source="output",
-        delta_accum=RoundOnce(fp32),
-        delta_fmt=fp32,
-        dp_accum=scores,
-        dp_fmt=fp32,
-        ds_fmt=fmt,
-        p_bwd_fmt=fmt,
-        grad_accum=pv,
-        grad_out_fmt=fmt,
-    )
+    return torch_cpu_flash(fmt, scores, pv)
 
 
-def torch_math_policy(fmt: Format) -> AttentionPolicy:
-    """torch's math SDPA on ``fmt`` tensors: upcast to fp32, fp32 maths, result cast back.
-
-    ``_scaled_dot_product_attention_math`` (``aten/src/ATen/native/transformers/attention.cpp``,
-    torch >= 2.5) converts half and bfloat16 q, k, v to float32 "for accuracy" and casts the
-    output back; autograd then gives fp32 gradients cast to ``fmt``. So this is
-    :func:`lowprec.kernels.policy.naive_fp32` with ``fmt`` inputs and outputs, not
-    ``naive_bf16`` (whose bf16 intermediates the captured CPU runs do not show: its predicted
-    RMSE is ~3x the measured one). The inputs are already ``fmt`` values, so the policy's input
-    format is fp32: q and k scaled by sqrt(alpha) stay fp32, as after the upcast. Autograd
-    differentiates the fp32 softmax, so D = rowsum(dP * P) (``delta_source="dp_p"``).
-    """
-    return AttentionPolicy.preset("naive_fp32").replace(
-        name=f"torch_math_{fmt.name}",
-        delta_source="dp_p",
-        out_fmt=fmt,
-        grad_out_fmt=fmt,
-    )
+torch_math_policy = torch_math
 
 
 def attention_model(case: Case, backend: str, facts: dict[str, Any]) -> AttentionModel:

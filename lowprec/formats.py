@@ -433,3 +433,24 @@ def get_format(name: str | Format) -> Format:
         f"unknown format {name!r}; known formats: {', '.join(FORMATS)} "
         f"(aliases: {', '.join(sorted(_ALIASES))})"
     )
+
+
+def is_exact(fmt: str | Format | None) -> bool:
+    """Whether rounding into ``fmt`` keeps every float64 value: the "exact" step of a policy.
+
+    The one convention of the project: ``None`` and ``fp64`` (or any format with float64's
+    significand and exponent range) both mean "not rounded".
+
+    Args:
+        fmt: A format, its name, or None.
+
+    Returns:
+        True for None and for a format with float64's precision and range.
+
+    Raises:
+        UnknownFormatError: If ``fmt`` is a name that is not known.
+    """
+    if fmt is None:
+        return True
+    f = get_format(fmt)
+    return f.man_bits == fp64.man_bits and f.emin == fp64.emin and f.emax == fp64.emax

@@ -29,6 +29,7 @@ from lowprec.accum.tensorcore import tensor_core_preset
 from lowprec.errors import LowprecError
 from lowprec.formats import fp16, fp32, get_format
 from lowprec.rounding import ulp
+from lowprec.testing import same_bits
 
 F64 = np.ndarray
 
@@ -202,8 +203,7 @@ def check_case(case: Case) -> list[Outcome]:
             continue
         d = matmul(a[:, None, :], b[:, :, None], accum=tc, c=c[:, None, None])[:, 0, 0]
         d0 = matmul(a[:, None, :], b[:, :, None], accum=tc)[:, 0, 0]
-        same = (d.view(np.uint64) == rec.view(np.uint64)) | (np.isnan(d) & np.isnan(rec))
-        same0 = (d0.view(np.uint64) == rec.view(np.uint64)) | (np.isnan(d0) & np.isnan(rec))
+        same, same0 = same_bits(d, rec), same_bits(d0, rec)
         n, n0 = int(same.sum()), int(same0.sum())
         note = ""
         if n < rows and n0 == rows:

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 from lowprec.errors import LowprecError, ShapeError
 from lowprec.formats import Format, get_format
 from lowprec.rounding import ulp
+from lowprec.testing import within_budget
 
 # ULP-error histogram: bin 0 counts exact results; bin i >= 1 counts errors in
 # (edges[i-1], edges[i]] ulp; the last bin is open above.
@@ -312,6 +313,9 @@ def relative_check(
 ) -> RelativeCheck:
     """``max|actual - ref| <= rtol * max|baseline - ref| + atol`` (the flash-attention test).
 
+    The rule is :func:`lowprec.testing.within_budget`'s (the one the gate applies), with an
+    explicit ``atol`` (default 0) instead of one derived from the output format.
+
     Args:
         actual: The kernel's output.
         reference: fp64 maths on the same (rounded) inputs.
@@ -326,14 +330,6 @@ def relative_check(
         ShapeError: If the shapes differ.
         LowprecError: If the reference is not finite or rtol/atol are negative.
     """
-    if not (rtol >= 0 and atol >= 0):
-        raise LowprecError(f"rtol={rtol}, atol={atol}; expected non-negative tolerances")
     a, r = _pair(actual, reference)
-    b, _ = _pair(baseline, reference)
-    err = np.abs(a - r)
-    err = np.where(np.isnan(err), math.inf, err)
-    i = int(np.argmax(err))
-    max_err = float(err.flat[i])
-    base = float(np.nanmax(np.abs(b - r)))
-    allowed = rtol * base + atol
-    return RelativeCheck(max_err <= allowed, max_err, base, allowed, _index(i, a.shape))
+    res = within_budget(a, r, baseline, rtol, atol)
+    return RelativeCheck(res.passed, res.max_err, res.baseline_err, res.budget, res.where)

@@ -43,6 +43,7 @@ from lowprec.study import (
     progress_enabled,
     to_jsonable,
 )
+from lowprec.testing import same_bits
 
 DEFAULT_OUT = "reports"
 _DPI = 100
@@ -751,22 +752,18 @@ def hardware_data(folder: str | Path = DEFAULT_HW_DIR) -> dict[str, Any]:
                 model = RoundOnce(out_fmt)
                 for key, addend in (("round_once", c[:, None, None]), ("round_once_c0", None)):
                     d = matmul(a[:, None, :], b[:, :, None], accum=model, c=addend)[:, 0, 0]
-                    same = _same_bits(d, rec)
+                    same = same_bits(d, rec)
                     worst = _worst_ulps(d, rec, out_fmt)
                     row[key] = {"exact": int(same.sum()), "worst_ulps": worst}
             rows.append(row)
     return {"folder": Path(folder).as_posix(), "rows": rows}
 
 
-def _same_bits(x: Any, y: Any) -> Any:
-    return (x == y) & (np.signbit(x) == np.signbit(y)) | (np.isnan(x) & np.isnan(y))
-
-
 def _worst_ulps(model: Any, recorded: Any, fmt: Any) -> float:
     """Largest |model - recorded| in ulps of ``fmt`` at the recorded value (inf: non-finite)."""
     from lowprec.rounding import ulp
 
-    bad = ~_same_bits(model, recorded)
+    bad = ~same_bits(model, recorded)
     if not np.any(bad):
         return 0.0
     if not np.all(np.isfinite(model[bad]) & np.isfinite(recorded[bad])):

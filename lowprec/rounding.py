@@ -117,7 +117,16 @@ _CARRIERS: dict[Any, tuple[Any, int, int, int, int]] = {
 }
 
 
-def _flags(fmt: Format, saturate: bool) -> int:
+def format_flags(fmt: Format, saturate: bool) -> int:
+    """The ``F_*`` flag word of ``fmt`` that the compiled rounding loops take.
+
+    Args:
+        fmt: Target format (its inf/NaN/zero encoding, subnormals and sign).
+        saturate: Whether overflow clamps to +-max (CUDA ``satfinite``).
+
+    Returns:
+        The bitwise or of the :mod:`lowprec._round_kernel` flags that hold for ``fmt``.
+    """
     flags = 0
     if fmt.has_inf:
         flags |= _k.F_HAS_INF
@@ -134,6 +143,14 @@ def _flags(fmt: Format, saturate: bool) -> int:
     if saturate:
         flags |= _k.F_SATURATE
     return flags
+
+
+_flags = format_flags
+
+
+def mode_code(mode: Rounding) -> int:
+    """The integer code of ``mode`` that the compiled rounding loops take."""
+    return int(_MODE_CODE[mode])
 
 
 def as_carrier(x: ArrayLike, what: str = "x") -> NDArray[np.floating[Any]]:

@@ -1,4 +1,6 @@
-"""The error-budget rule shared by the tests and the CI gate (STYLE.md principle 7).
+"""The error-budget rule and the bit-identity test, shared by the tests, the gate and the reports.
+
+The budget rule (``docs/style.md``, "Judge a kernel by the same maths in the same precision").
 
 A low-precision kernel is judged against the error of the *same maths done naively in the same
 precision*, never against a typed tolerance (the flash-attention test suite; Dao, FlashAttention-2,
@@ -95,6 +97,36 @@ def infer_format(values: ArrayLike) -> Format:
         if name == "fp64" or np.array_equal(np.asarray(round_to(fin, fmt, saturate=True)), fin):
             return fmt
     return get_format("fp64")
+
+
+def same_bits(got: ArrayLike, want: ArrayLike, *, nan_payload: bool = False) -> NDArray[np.bool_]:
+    """Elementwise: whether ``got`` and ``want`` hold the same bit patterns.
+
+    The one bit-identity test of the project. The sign of zero always counts (``-0.0`` and
+    ``+0.0`` differ: rounding modes and IEEE 754 sign rules are tested on it). NaN payloads
+    count only with ``nan_payload=True``; by default any NaN equals any NaN, as the formats
+    lowprec emulates carry no payload (one NaN per sign, or none) and float64 carriers of a NaN
+    may differ in payload bits without meaning.
+
+    Args:
+        got: Values (any float dtype; arrays of two dtypes are compared as float64, exactly).
+        want: Values, broadcastable against ``got``.
+        nan_payload: Also require NaNs to have identical bits.
+
+    Returns:
+        Boolean array of the broadcast shape.
+    """
+    g = np.asarray(got)
+    w = np.asarray(want)
+    if g.dtype != w.dtype or g.dtype not in (np.float64, np.float32):
+        with np.errstate(invalid="ignore"):  # signalling NaN patterns widen with a warning
+            g = g.astype(np.float64)
+            w = w.astype(np.float64)
+    word = np.uint64 if g.dtype == np.float64 else np.uint32
+    same = np.asarray(g.view(word) == w.view(word))
+    if not nan_payload:
+        same = same | (np.isnan(g) & np.isnan(w))
+    return same
 
 
 def _array(x: ArrayLike, what: str) -> NDArray[np.float64]:
@@ -209,4 +241,4 @@ def assert_within_budget(
     return res
 
 
-__all__ = ["BudgetResult", "assert_within_budget", "infer_format", "within_budget"]
+__all__ = ["BudgetResult", "assert_within_budget", "infer_format", "same_bits", "within_budget"]

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from lowprec import Rounding
 from lowprec.formats import Format, NanEncoding, get_format
 from lowprec.reference import all_values, round_fraction
+from lowprec.testing import same_bits
 
 SEED = 20250611
 
@@ -38,15 +39,6 @@ hypothesis.settings.load_profile("lowprec")
 def rng() -> np.random.Generator:
     """The seeded generator every test draws its randomness from."""
     return np.random.default_rng(SEED)
-
-
-def same_bits(got: NDArray[Any], want: NDArray[Any]) -> NDArray[np.bool_]:
-    """Elementwise: equal values with equal sign bits (so -0 != +0); any NaN equals any NaN."""
-    with np.errstate(invalid="ignore"):  # signalling NaN patterns widen with a warning
-        got = np.asarray(got, dtype=np.float64)
-        want = np.asarray(want, dtype=np.float64)
-    both_nan = np.isnan(got) & np.isnan(want)
-    return both_nan | ((got == want) & (np.signbit(got) == np.signbit(want)))
 
 
 def assert_same_bits(got: Any, want: Any, x: Any, label: str) -> None:

@@ -22,6 +22,7 @@ from lowprec.accum.tensorcore import (
 from lowprec.formats import Format, bf16, fp16, fp32, fp64, get_format
 from lowprec.reference import floor_log2, round_fraction
 from lowprec.rounding import Rounding
+from lowprec.testing import same_bits as _same
 
 # ---- scalar references (the specification) ---------------------------------------------------
 
@@ -163,11 +164,6 @@ def _inputs(
     b = np.asarray(round_to(b, fmt, saturate=kind != "special"), dtype=np.float64)
     c = np.asarray(round_to(c, fp32), dtype=np.float64)
     return a[:, None, :], b[:, :, None], c[:, None, None]
-
-
-def _same(got: Any, want: Any) -> Any:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return (got.view(np.uint64) == want.view(np.uint64)) | (np.isnan(got) & np.isnan(want))
 
 
 KINDS = ["random", "spread", "cancel", "subnormal", "overflow", "special"]

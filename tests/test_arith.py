@@ -13,13 +13,9 @@ from lowprec import LowprecError, arith, next_down, next_up, round_to
 from lowprec.formats import bf16, fp8_e4m3fn, fp16, fp32, fp64, get_format
 from lowprec.reference import all_values, round_fraction
 from lowprec.rounding import ulp
+from lowprec.testing import same_bits as _same
 
 MODES = ["rne", "rna", "rtz", "up", "down", "odd"]
-
-
-def _same(got, want) -> np.ndarray:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return (got.view(np.uint64) == want.view(np.uint64)) | (np.isnan(got) & np.isnan(want))
 
 
 def _ieee(op: str, x: float, y: float) -> float | Fraction:

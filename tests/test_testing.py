@@ -83,3 +83,19 @@ def test_assert_reports_a_diagnosis(rng):
     for part in ("fa2 out: FAIL", "at (5,)", "budget", "x baseline error", "from bf16", "% of the"):
         assert part in text
     assert assert_within_budget(ref, ref, emu).passed
+
+
+def test_same_bits_counts_the_sign_of_zero_and_optionally_nan_payloads() -> None:
+    from lowprec.testing import same_bits
+
+    quiet = np.float64(np.nan)
+    payload = np.array([0x7FF8000000000001], dtype=np.uint64).view(np.float64)[0]
+    got = np.array([0.0, -0.0, 1.5, quiet, payload])
+    want = np.array([-0.0, -0.0, 1.5, payload, payload])
+    assert same_bits(got, want).tolist() == [False, True, True, True, True]
+    assert same_bits(got, want, nan_payload=True).tolist() == [False, True, True, False, True]
+    # float32 compared on its own bits; two dtypes compared exactly as float64
+    f32 = np.array([-0.0, 2.0**-149], dtype=np.float32)
+    assert same_bits(f32, np.array([0.0, 2.0**-149], dtype=np.float32)).tolist() == [False, True]
+    assert same_bits(f32, np.array([-0.0, 2.0**-149])).tolist() == [True, True]
+    assert not same_bits(1.0, np.nextafter(1.0, 2.0))

@@ -5,14 +5,18 @@ See :mod:`lowprec.accum.core` for the models and :func:`matmul`, and
 """
 
 from lowprec.accum.core import (
+    NO_BIT,
     AccumModel,
     Chunked,
     Exact,
     Pairwise,
+    Prepared,
     RoundOnce,
     Sequential,
     add_round,
+    broadcast_operands,
     matmul,
+    prepare,
 )
 from lowprec.accum.tensorcore import (
     E8M13,
@@ -26,16 +30,20 @@ from lowprec.accum.tensorcore import (
 __all__ = [
     "E8M13",
     "GPU_ARCH",
+    "NO_BIT",
     "TENSOR_CORES",
     "AccumModel",
     "Chunked",
     "Exact",
     "Pairwise",
+    "Prepared",
     "RoundOnce",
     "Sequential",
     "TensorCore",
     "add_round",
+    "broadcast_operands",
     "gpu_arch",
     "matmul",
+    "prepare",
     "tensor_core_preset",
 ]

@@ -30,11 +30,15 @@ import numba
 import numpy as np
 
 from lowprec._jit import parallel_and_serial
-from lowprec._round_kernel import RNE, _fast_any, _rne_elem, _rne_setup
+from lowprec._round_kernel import RNE
+from lowprec._round_kernel import fast_any as _fast_any
+from lowprec._round_kernel import rne_elem as _rne_elem
+from lowprec._round_kernel import rne_setup as _rne_setup
 
 _MASK52 = (1 << 52) - 1
 _MASK32 = (1 << 32) - 1
 _NO_BIT = 1 << 20  # lowest-bit exponent of zero: no constraint
+NO_BIT = _NO_BIT  # its public name: row statistics built outside this module use it
 _DIGITS = 140  # 32-bit digits: 4480 bits cover every sum of float64 products (~4200 bits)
 _F64_MAX_BITS = 0x7FEFFFFFFFFFFFFF  # bits of float64's largest finite value
 

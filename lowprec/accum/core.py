@@ -69,9 +69,10 @@ accumulator of every modelled unit starts at +0).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -81,9 +82,9 @@ from lowprec._round_kernel import F_SIGNED as _RK_SIGNED
 from lowprec._round_kernel import RNE as _RK_RNE
 from lowprec.accum import _ro_kernel as _ro
 from lowprec.errors import ConfigError, LowprecError, ShapeError
-from lowprec.formats import Format, fp64, get_format
+from lowprec.formats import Format, fp64, get_format, is_exact
 from lowprec.reference import round_fraction
-from lowprec.rounding import _MODE_CODE, Rounding, _flags, as_carrier, round_to
+from lowprec.rounding import Rounding, as_carrier, format_flags, mode_code, round_to
 
 F64 = NDArray[np.float64]
 
@@ -96,11 +97,125 @@ _OZAKI_SHARE = 8
 _FEW_OUTPUTS = 32
 
 
-@runtime_checkable
-class AccumModel(Protocol):
-    """What :func:`matmul` needs from an accumulation model."""
+class Prepared(NamedTuple):
+    """Row statistics of a left operand ``a`` (..., M, K), computed once and reused.
 
-    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64: ...
+    A kernel that multiplies the same ``a`` by many right operands (attention's queries by each
+    key block, the probabilities by a ones column and by V) computes them once with
+    :func:`prepare` (or in its own compiled pass) and passes them as ``prepared=`` to
+    :meth:`AccumModel.matmul`. They are hints: a model that has no use for them ignores them,
+    and none changes the result; :class:`RoundOnce` uses them for its exactness certificate.
+
+    Each field has one entry per row of ``a`` flattened over its batch, (prod(batch) * M,):
+
+    Attributes:
+        g: A lower bound of the exponent of each row's lowest set bit (every entry of the row a
+            multiple of ``2**g``); :data:`NO_BIT` for a row of zeros. The exact value is the
+            tightest; any lower bound is valid.
+        amax: An upper bound of ``max |a|`` over each row (the exact value is the tightest).
+        finite: Whether every entry of the row is finite.
+    """
+
+    g: NDArray[np.int64]
+    amax: F64
+    finite: NDArray[np.bool_]
+
+
+NO_BIT = _ro.NO_BIT
+"""The :attr:`Prepared.g` of a row with no set bit (all zeros): it constrains nothing."""
+
+
+class AccumModel(ABC):
+    """An accumulation model: how each dot product ``d = sum_k a_k * b_k + c`` is formed.
+
+    Every model is a frozen dataclass subclassing this; callers use :meth:`matmul` (or the
+    module function :func:`matmul`), :meth:`prepare` and :attr:`result_fmt`, never a test of
+    the model's type. A model implements ``_matmul`` on validated float64 operands and, when
+    it can use operand statistics, ``_matmul_prepared``.
+    """
+
+    @abstractmethod
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        """``a @ b + c`` on broadcast-compatible float64 operands (c may be None)."""
+
+    def _matmul_prepared(self, a: F64, b: F64, c: F64 | None, prepared: Prepared) -> F64:
+        """As ``_matmul``, given a's :class:`Prepared` statistics (ignored unless overridden)."""
+        return self._matmul(a, b, c)
+
+    def prepare(self, a: ArrayLike) -> Prepared | None:
+        """a's statistics if this model uses them (:class:`Prepared`), else None.
+
+        Args:
+            a: (..., M, K) left operand, exact float64 values.
+
+        Returns:
+            The statistics to pass as ``prepared=`` to :meth:`matmul` with this ``a``; None
+            when the model does not use them (passing None costs nothing).
+        """
+        return None
+
+    @property
+    def result_fmt(self) -> Format | None:
+        """A format that holds every result of this model (rounding into it is a no-op), or
+        None when there is no such single format to name."""
+        return None
+
+    def matmul(
+        self,
+        a: ArrayLike,
+        b: ArrayLike,
+        c: ArrayLike | None = None,
+        *,
+        out_fmt: Format | str | None = None,
+        prepared: Prepared | None = None,
+    ) -> F64:
+        """``a @ b + c`` with every dot product formed by this model.
+
+        Args:
+            a: (..., M, K) values, taken exactly (round them into the input format first).
+            b: (..., K, N) values; leading dimensions broadcast against a's.
+            c: Optional addend, broadcastable to (..., M, N).
+            out_fmt: If given, the model's result is rounded into it (nearest-even).
+            prepared: a's statistics from :meth:`prepare` (or a caller's equivalent, see
+                :class:`Prepared`); they change the speed, never the result.
+
+        Returns:
+            float64 array (..., M, N).
+
+        Raises:
+            ShapeError: If the shapes do not fit together, or ``prepared`` does not fit a.
+            LowprecError: Unknown ``out_fmt``, or inputs the model cannot take exactly.
+        """
+        am, bm, cm = _operands(a, b, c)
+        if prepared is None:
+            out = self._matmul(am, bm, cm)
+        else:
+            rows = math.prod(am.shape[:-1])
+            if any(np.shape(x) != (rows,) for x in prepared):
+                raise ShapeError(
+                    f"prepared statistics of shapes {[np.shape(x) for x in prepared]}; expected "
+                    f"({rows},) each, one per row of a {am.shape}"
+                )
+            out = self._matmul_prepared(am, bm, cm, prepared)
+        out = np.asarray(out, dtype=np.float64)
+        if out_fmt is not None:
+            out = np.asarray(round_to(out, get_format(out_fmt)), dtype=np.float64)
+        return out
+
+
+def prepare(a: ArrayLike) -> Prepared:
+    """The exact row statistics of ``a`` (..., M, K) (see :class:`Prepared`).
+
+    Args:
+        a: Left operand; finite or not (a row with inf or NaN is marked not finite).
+
+    Returns:
+        Its :class:`Prepared` statistics, one entry per row.
+
+    Raises:
+        ShapeError: If ``a`` has fewer than 2 dimensions.
+    """
+    return _a_stats(_as_matrix(a, "a"))
 
 
 # ---- shared helpers ------------------------------------------------------------------------
@@ -119,10 +234,6 @@ def _mode_field(obj: Any, name: str) -> None:
             "deterministic rounding mode (rne, rna, rtz, up, down, odd)"
         )
     object.__setattr__(obj, name, mode)
-
-
-def _is_fp64(fmt: Format) -> bool:
-    return fmt.man_bits == 52 and fmt.emin == fp64.emin and fmt.emax == fp64.emax
 
 
 def two_sum(x: F64, y: F64) -> tuple[F64, F64]:
@@ -158,7 +269,7 @@ def add_round(x: F64, y: F64, fmt: Format, mode: Rounding = Rounding.NEAREST_EVE
     """
     with np.errstate(invalid="ignore", over="ignore"):
         s, e = two_sum(x, y)
-    if _is_fp64(fmt):
+    if is_exact(fmt):
         if mode is not Rounding.NEAREST_EVEN:
             raise LowprecError(f"fp64 accumulation supports mode 'rne' only, got {mode.value!r}")
         return s
@@ -216,8 +327,17 @@ def _ieee_special(prods: F64, c: float | None) -> float:
     return math.inf if pos else -math.inf
 
 
-def _broadcast(a: F64, b: F64, c: F64 | None) -> tuple[F64, F64, F64 | None, tuple[int, ...]]:
-    """Broadcast the batch dimensions of a (..., M, K), b (..., K, N), c (..., M, N)."""
+def broadcast_operands(
+    a: F64, b: F64, c: F64 | None
+) -> tuple[F64, F64, F64 | None, tuple[int, ...]]:
+    """Broadcast the batch dimensions of a (..., M, K), b (..., K, N), c (..., M, N).
+
+    Returns:
+        The three operands as read-only broadcast views (c may be None) and the output shape.
+
+    Raises:
+        ShapeError: If c does not broadcast to the output shape.
+    """
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k = a.shape[-2:]
     n = b.shape[-1]
@@ -247,7 +367,7 @@ def _fix_elements(
     mode: Rounding,
 ) -> None:
     """Recompute ``out[mask]`` exactly (integer arithmetic), rounded by the specification."""
-    a, b, c, _ = _broadcast(a, b, c)
+    a, b, c, _ = broadcast_operands(a, b, c)
     for idx in zip(*np.nonzero(mask), strict=False):
         *bi, i, j = idx
         av = a[(*bi, i, slice(None))]
@@ -293,7 +413,7 @@ class _Prep(NamedTuple):
     shape: tuple[int, ...]  # (..., M, N)
 
 
-_Stats = tuple[NDArray[np.int64], F64, NDArray[np.bool_]]
+_Stats = Prepared
 
 
 def _stats(x: F64) -> _Stats:
@@ -304,15 +424,11 @@ def _stats(x: F64) -> _Stats:
     ok = np.empty(r, dtype=np.bool_)
     fn = _ro.row_stats_par if use_parallel(x.size) else _ro.row_stats_ser
     fn(x, g, mx, ok)
-    return g, mx, ok
+    return Prepared(g, mx, ok)
 
 
 def _a_stats(a: F64) -> _Stats:
-    """The row statistics of a (..., M, K) that :func:`_prepare` computes, for reuse.
-
-    A caller multiplying the same a by several b (attention's queries by each key block)
-    computes them once and passes them to :func:`_round_once`.
-    """
+    """The row statistics of a (..., M, K) that :func:`_prepare` computes (:func:`prepare`)."""
     return _stats(np.ascontiguousarray(a, dtype=np.float64).reshape(-1, a.shape[-1]))
 
 
@@ -374,7 +490,7 @@ def _round_args(fmt: Format, mode: Rounding) -> tuple[int, int, int, int, int]:
             "expected a format that float64 holds"
         )
     max_bits = int(np.array(fmt.max, dtype=np.float64).view(np.int64))
-    return fmt.man_bits, fmt.emin, max_bits, _flags(fmt, False), _MODE_CODE[mode]
+    return fmt.man_bits, fmt.emin, max_bits, format_flags(fmt, False), mode_code(mode)
 
 
 def _decide(
@@ -440,7 +556,7 @@ def _round_once(
 ) -> F64:
     """The exact ``a @ b + c`` rounded once into ``fmt`` (not fp64): see the module docstring.
 
-    ``a_stats``: a's row statistics from :func:`_a_stats`, when the caller reuses them; g
+    ``a_stats``: a's row statistics (:class:`Prepared`), when the caller reuses them; g
     may also be any lower bound of each row's lowest-bit exponent (every entry a multiple of
     ``2**g`` is all the certificates use) and amax any upper bound of ``max |a|``. Given them,
     a product with few outputs per input takes the certificate pass too (b's statistics then
@@ -593,15 +709,19 @@ def _ozaki(
 
 
 @dataclass(frozen=True)
-class Exact:
+class Exact(AccumModel):
     """The exact sum of products (and c), rounded once to float64 (nearest-even)."""
 
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         return _exact64(a, b, c)
 
+    @property
+    def result_fmt(self) -> Format:
+        return fp64
+
 
 @dataclass(frozen=True)
-class RoundOnce:
+class RoundOnce(AccumModel):
     """The exact sum of products (and c), rounded once into ``fmt``: the ideal accumulator.
 
     Attributes:
@@ -618,11 +738,25 @@ class RoundOnce:
 
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
-        if _is_fp64(fmt):
+        if is_exact(fmt):
             if mode is not Rounding.NEAREST_EVEN:
                 raise LowprecError(f"RoundOnce(fp64) supports mode 'rne' only, got {mode.value!r}")
             return _exact64(a, b, c)
         return _round_once(a, b, c, fmt, mode)
+
+    def _matmul_prepared(self, a: F64, b: F64, c: F64 | None, prepared: Prepared) -> F64:
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        if is_exact(fmt):
+            return self._matmul(a, b, c)
+        return _round_once(a, b, c, fmt, mode, prepared)
+
+    def prepare(self, a: ArrayLike) -> Prepared | None:
+        """a's statistics for the exactness certificate; None for fp64 (no certificate)."""
+        return None if is_exact(_fmt(self.fmt)) else prepare(a)
+
+    @property
+    def result_fmt(self) -> Format:
+        return _fmt(self.fmt)
 
 
 def _fmt(f: Format | str) -> Format:
@@ -634,7 +768,7 @@ def _mode(m: Rounding | str) -> Rounding:
 
 
 @dataclass(frozen=True)
-class Sequential:
+class Sequential(AccumModel):
     """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c`` (or +0).
 
     Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
@@ -656,7 +790,7 @@ class Sequential:
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
         _exact_products_check(a, "Sequential")
         _exact_products_check(b, "Sequential")
-        _, _, c, shape = _broadcast(a, b, c)
+        _, _, c, shape = broadcast_operands(a, b, c)
         acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             for k in range(a.shape[-1]):
@@ -664,9 +798,13 @@ class Sequential:
                 acc = add_round(acc, p, fmt, mode)
         return acc
 
+    @property
+    def result_fmt(self) -> Format:
+        return _fmt(self.fmt)
+
 
 @dataclass(frozen=True)
-class Pairwise:
+class Pairwise(AccumModel):
     """Products rounded into ``fmt``, then summed along a binary tree, each addition rounded.
 
     The tree is the one a binary counter builds: leaves are merged in consecutive blocks of
@@ -690,7 +828,7 @@ class Pairwise:
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
         _exact_products_check(a, "Pairwise")
         _exact_products_check(b, "Pairwise")
-        _, _, c, shape = _broadcast(a, b, c)
+        _, _, c, shape = broadcast_operands(a, b, c)
         stack: list[tuple[int, F64]] = []
         with np.errstate(invalid="ignore", over="ignore"):
             for k in range(a.shape[-1]):
@@ -707,9 +845,13 @@ class Pairwise:
                 total = add_round(total, c, fmt, mode)
         return np.where(total == 0, 0.0, total) if c is None else total
 
+    @property
+    def result_fmt(self) -> Format:
+        return _fmt(self.fmt)
+
 
 @dataclass(frozen=True)
-class Chunked:
+class Chunked(AccumModel):
     """``inner`` within chunks of ``n`` products; chunk results accumulated in ``fmt``.
 
     ``acc = c`` (or +0); for each chunk, ``acc = round_fmt(acc + inner(chunk))``: the partial
@@ -738,13 +880,17 @@ class Chunked:
 
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
-        _, _, c, shape = _broadcast(a, b, c)
+        _, _, c, shape = broadcast_operands(a, b, c)
         acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
         n = int(self.n)
         for k0 in range(0, a.shape[-1], n):
             part = self.inner._matmul(a[..., k0 : k0 + n], b[..., k0 : k0 + n, :], None)
             acc = add_round(acc, np.broadcast_to(part, shape), fmt, mode)
         return acc
+
+    @property
+    def result_fmt(self) -> Format:
+        return _fmt(self.fmt)
 
 
 # ---- matmul ---------------------------------------------------------------------------------
@@ -759,36 +905,8 @@ def _as_matrix(x: ArrayLike, what: str) -> F64:
     return arr
 
 
-def matmul(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    accum: Any,
-    out_fmt: Format | str | None = None,
-    c: ArrayLike | None = None,
-) -> F64:
-    """``a @ b + c`` with every dot product formed as ``accum`` says.
-
-    Args:
-        a: (..., M, K) values, taken exactly (round them into the input format first).
-        b: (..., K, N) values; leading dimensions broadcast against a's.
-        accum: Accumulation model (:class:`Exact`, :class:`RoundOnce`, :class:`Sequential`,
-            :class:`Pairwise`, :class:`Chunked`, :class:`lowprec.accum.tensorcore.TensorCore`).
-        out_fmt: If given, the model's result is rounded into it (nearest-even).
-        c: Optional addend, broadcastable to (..., M, N).
-
-    Returns:
-        float64 array (..., M, N).
-
-    Raises:
-        ShapeError: If the shapes do not fit together.
-        ConfigError: If ``accum`` is not an accumulation model.
-        LowprecError: Unknown ``out_fmt``, or inputs a model cannot take exactly.
-    """
-    if not isinstance(accum, AccumModel):
-        raise ConfigError(
-            f"accum={accum!r}; expected an accumulation model such as RoundOnce('fp32')"
-        )
+def _operands(a: ArrayLike, b: ArrayLike, c: ArrayLike | None) -> tuple[F64, F64, F64 | None]:
+    """a, b, c as float64 arrays whose shapes fit a (batched) matrix product."""
     am = _as_matrix(a, "a")
     bm = _as_matrix(b, "b")
     if am.shape[-1] != bm.shape[-2]:
@@ -803,8 +921,40 @@ def matmul(
         ) from None
     cm = None if c is None else np.asarray(as_carrier(c, "c"), dtype=np.float64)
     if cm is not None:
-        _broadcast(am, bm, cm)
-    out = np.asarray(accum._matmul(am, bm, cm), dtype=np.float64)
-    if out_fmt is not None:
-        out = np.asarray(round_to(out, get_format(out_fmt)), dtype=np.float64)
-    return out
+        broadcast_operands(am, bm, cm)
+    return am, bm, cm
+
+
+def matmul(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    accum: Any,
+    out_fmt: Format | str | None = None,
+    c: ArrayLike | None = None,
+    prepared: Prepared | None = None,
+) -> F64:
+    """``a @ b + c`` with every dot product formed as ``accum`` says (:meth:`AccumModel.matmul`).
+
+    Args:
+        a: (..., M, K) values, taken exactly (round them into the input format first).
+        b: (..., K, N) values; leading dimensions broadcast against a's.
+        accum: Accumulation model (:class:`Exact`, :class:`RoundOnce`, :class:`Sequential`,
+            :class:`Pairwise`, :class:`Chunked`, :class:`lowprec.accum.tensorcore.TensorCore`).
+        out_fmt: If given, the model's result is rounded into it (nearest-even).
+        c: Optional addend, broadcastable to (..., M, N).
+        prepared: a's statistics from ``accum.prepare(a)`` (see :class:`Prepared`).
+
+    Returns:
+        float64 array (..., M, N).
+
+    Raises:
+        ShapeError: If the shapes do not fit together.
+        ConfigError: If ``accum`` is not an accumulation model.
+        LowprecError: Unknown ``out_fmt``, or inputs a model cannot take exactly.
+    """
+    if not isinstance(accum, AccumModel):
+        raise ConfigError(
+            f"accum={accum!r}; expected an accumulation model such as RoundOnce('fp32')"
+        )
+    return accum.matmul(a, b, c, out_fmt=out_fmt, prepared=prepared)

@@ -33,7 +33,7 @@ import numpy as np
 
 from lowprec._jit import use_parallel
 from lowprec.accum import _tc_kernel as _k
-from lowprec.accum.core import F64, _broadcast
+from lowprec.accum.core import F64, AccumModel, broadcast_operands
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, bf16, fp8_e4m3fn, fp8_e5m2, fp16, fp32, get_format, tf32
 from lowprec.rounding import Rounding, round_to
@@ -43,7 +43,7 @@ E8M13 = Format.custom(8, 13, name="e8m13")
 
 
 @dataclass(frozen=True)
-class TensorCore:
+class TensorCore(AccumModel):
     """One NVIDIA matrix unit: block fused dot-product-add, chained over K.
 
     Attributes:
@@ -105,7 +105,7 @@ class TensorCore:
                     f"TensorCore {self.name}: {what} holds {first!r}, not a value of "
                     f"{in_fmt.name}; round the inputs with round_to(x, {in_fmt.name!r}) first"
                 )
-        a, b, c, shape = _broadcast(a, b, c)
+        a, b, c, shape = broadcast_operands(a, b, c)
         batch = shape[:-2]
         m, k = a.shape[-2:]
         n = b.shape[-1]

@@ -44,15 +44,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lowprec._jit import parallel_and_serial, use_parallel
-from lowprec._round_kernel import _rne_elem, _rne_setup
+from lowprec._round_kernel import rne_elem, rne_setup
 from lowprec._threads import map_chunks, workers
-from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
-from lowprec.accum._ro_kernel import _NO_BIT
-from lowprec.accum.core import _a_stats, _round_once
+from lowprec.accum import NO_BIT, AccumModel, Exact, Prepared, matmul
 from lowprec.errors import ConfigError, LowprecError, ShapeError
-from lowprec.formats import Format, fp64, get_format
+from lowprec.formats import Format, is_exact
 from lowprec.kernels.policy import AttentionPolicy
-from lowprec.rounding import Rounding, _flags, as_carrier, round_to
+from lowprec.rounding import Rounding, as_carrier, format_flags, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
 
 F64 = NDArray[np.float64]
@@ -82,10 +80,6 @@ class AttentionGrads(NamedTuple):
 # ---- small helpers ---------------------------------------------------------------------------
 
 
-def _is_exact(fmt: Format) -> bool:
-    return fmt.man_bits == fp64.man_bits and fmt.emin == fp64.emin
-
-
 def _r(
     x: Any,
     fmt: Format,
@@ -93,18 +87,15 @@ def _r(
     rng: np.random.Generator | None = None,
 ) -> F64:
     """``x`` rounded into ``fmt`` (a no-op for fp64 with nearest-even)."""
-    if _is_exact(fmt) and mode is Rounding.NEAREST_EVEN:
+    if is_exact(fmt) and mode is Rounding.NEAREST_EVEN:
         return np.asarray(x, dtype=np.float64)
     return np.asarray(round_to(x, fmt, mode, rng=rng), dtype=np.float64)
 
 
-def _r_acc(x: F64, model: Any, fmt: Format) -> F64:
+def _r_acc(x: F64, model: AccumModel, fmt: Format) -> F64:
     """A product's result rounded into ``fmt``, skipping the pass when the model's accumulator
     already holds values of ``fmt`` (its results are then representable: rounding is a no-op)."""
-    if (
-        isinstance(model, RoundOnce | Sequential | Pairwise | Chunked)
-        and get_format(model.fmt) == fmt
-    ):
+    if model.result_fmt == fmt:
         return x
     return _r(x, fmt)
 
@@ -115,15 +106,15 @@ def _r_acc(x: F64, model: Any, fmt: Format) -> F64:
 @numba.njit(cache=True, inline="always")
 def _rne64(x: float, rc: Any, tm: int, temin: int, max_bits: int, flags: int) -> np.int64:
     """Bits of the float64 x rounded to nearest-even into the target (as ``round_to``)."""
-    return _rne_elem(np.float64(x).view(np.int64), rc, 52, 11, 1023, tm, temin, max_bits, flags)
+    return rne_elem(np.float64(x).view(np.int64), rc, 52, 11, 1023, tm, temin, max_bits, flags)
 
 
 @numba.njit(cache=True, inline="always")
 def _rne_quick(bits: np.int64, rc: Any, max_bits: int) -> tuple[np.int64, np.int64]:
     """Add-then-truncate nearest-even without branches, and 1 where it is not valid.
 
-    Valid (then equal to :func:`_rne_elem`) for a magnitude in the target's normal range
-    whose result does not overflow; the caller redoes the other elements with ``_rne_elem``.
+    Valid (then equal to :func:`rne_elem`) for a magnitude in the target's normal range
+    whose result does not overflow; the caller redoes the other elements with ``rne_elem``.
     """
     shift, sign_bit, normal_bits, inf_bits, general = rc
     mag = bits & (sign_bit - 1)
@@ -135,7 +126,7 @@ def _rne_quick(bits: np.int64, rc: Any, max_bits: int) -> tuple[np.int64, np.int
 def _shift_round(s: Any, coef: float, mm: Any, out: Any, fa: Any) -> None:
     """``out = round(s * coef - mm)`` per row: s (R, C), mm (R,), out (R, C) int64 bits."""
     tm, temin, max_bits, flags = fa
-    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    rc = rne_setup(52, 11, 1023, tm, temin, flags)
     for r in numba.prange(s.shape[0]):
         mr = mm[r]
         bad = np.int64(0)
@@ -171,8 +162,8 @@ def _round_two(
     """
     ta, ea, ma, fla = fa
     tb, eb, mb, flb = fb
-    ra = _rne_setup(52, 11, 1023, ta, ea, fla)
-    rb = _rne_setup(52, 11, 1023, tb, eb, flb)
+    ra = rne_setup(52, 11, 1023, ta, ea, fla)
+    rb = rne_setup(52, 11, 1023, tb, eb, flb)
     xb = x.view(np.int64)
     for r in numba.prange(x.shape[0]):
         bad = np.int64(0)
@@ -184,9 +175,9 @@ def _round_two(
             bad += bad1 | bad2
         if bad:
             for j in range(x.shape[1]):
-                b1 = _rne_elem(xb[r, j], ra, 52, 11, 1023, ta, ea, ma, fla)
+                b1 = rne_elem(xb[r, j], ra, 52, 11, 1023, ta, ea, ma, fla)
                 out1[r, j] = b1
-                out2[r, j] = _rne_elem(b1, rb, 52, 11, 1023, tb, eb, mb, flb)
+                out2[r, j] = rne_elem(b1, rb, 52, 11, 1023, tb, eb, mb, flb)
         # on magnitude bits: integer order is the order of |value| (NaN above inf)
         emin_r = np.int64(4096)
         mx = np.int64(0)
@@ -201,10 +192,10 @@ def _round_two(
             mx1 = max(mx1, mag1)
             e1 = mag1 >> 52
             emin1 = min(emin1, e1 if e1 > 0 else np.int64(4096))
-        g[r] = emin_r - 1023 - tb if emin_r < 4096 else np.int64(_NO_BIT)
+        g[r] = emin_r - 1023 - tb if emin_r < 4096 else np.int64(NO_BIT)
         amax[r] = np.int64(mx).view(np.float64)
         ok[r] = mx < _INF64
-        g1[r] = emin1 - 1023 - ta if emin1 < 4096 else np.int64(_NO_BIT)
+        g1[r] = emin1 - 1023 - ta if emin1 < 4096 else np.int64(NO_BIT)
         amax1[r] = np.int64(mx1).view(np.float64)
         ok1[r] = mx1 < _INF64
 
@@ -212,7 +203,7 @@ def _round_two(
 def _row_scale_round(c: Any, o: Any, out: Any, fa: Any) -> None:
     """``out = round(c * o)`` per row: c (R,), o (R, D), out (R, D) int64 bits."""
     tm, temin, max_bits, flags = fa
-    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    rc = rne_setup(52, 11, 1023, tm, temin, flags)
     for r in numba.prange(o.shape[0]):
         cr = c[r]
         bad = np.int64(0)
@@ -240,17 +231,17 @@ def _fused_args(*fmts: Format) -> list[tuple[int, int, int, int]] | None:
         if f.emin - f.man_bits < -1074:
             return None
         max_bits = int(np.array(f.max, dtype=np.float64).view(np.int64))
-        out.append((f.man_bits, f.emin, max_bits, _flags(f, False)))
+        out.append((f.man_bits, f.emin, max_bits, format_flags(f, False)))
     return out
 
 
 def _fused_exp(
     s: F64, coef: float, mm: F64, fn: Any, ef: Format, cast: Format
-) -> tuple[F64, F64, Any, Any] | None:
+) -> tuple[F64, F64, Prepared, Prepared] | None:
     """``p = round_ef(fn(round_ef(s * coef - mm)))`` and ``round_cast(p)`` in compiled passes
     around numpy's ``fn`` (so the exp gives numpy's bits), with the row statistics of the
-    latter and of p (as :func:`lowprec.accum.core._a_stats`); None when a format is not
-    fusable."""
+    latter and of p (:class:`lowprec.accum.Prepared`, g a lower bound); None when a format is
+    not fusable."""
     fa = _fused_args(ef, cast)
     if fa is None:
         return None
@@ -263,8 +254,8 @@ def _fused_exp(
     p = np.empty(x.shape)
     pc = np.empty(x.shape)
     r = x.shape[0]
-    stats = (np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
-    p_stats = (np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
+    stats = Prepared(np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
+    p_stats = Prepared(np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
     (_round_two_par if par else _round_two_ser)(
         x, p.view(np.int64), pc.view(np.int64), fa[0], fa[1], *stats, *p_stats
     )
@@ -423,29 +414,23 @@ def _prescale(x: F64, policy: AttentionPolicy, k: _Consts) -> F64:
     return _r(_r(x * k.sqrt_alpha, _fmt(policy, "state")), _fmt(policy, "input"))
 
 
-def _q_stats(qs: F64, policy: AttentionPolicy) -> Any:
-    """Row statistics of the queries for a ``RoundOnce`` score product (else None).
+def _q_stats(qs: F64, policy: AttentionPolicy) -> Prepared | None:
+    """Row statistics of the queries, if the score product's model uses them (else None).
 
-    The same for every key block: :func:`blocked` computes them once (see
-    :func:`lowprec.accum.core._a_stats`).
+    The same for every key block: :func:`blocked` computes them once
+    (:meth:`lowprec.accum.AccumModel.prepare`).
     """
-    model = policy.scores_accum
-    if type(model) is not RoundOnce or _is_exact(get_format(model.fmt)):
-        return None
-    return _a_stats(qs)
+    return policy.scores_accum.prepare(qs)
 
 
-def _scores(qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts, q_stats: Any = None) -> F64:
+def _scores(
+    qs: F64, kb: F64, policy: AttentionPolicy, k: _Consts, q_stats: Prepared | None = None
+) -> F64:
     """S for one key block: (B, H_kv, R, D) x (B, H_kv, C, D) -> (B, H_kv, R, C).
 
     ``q_stats``: from :func:`_q_stats` (then the exact product reuses them).
     """
-    model = policy.scores_accum
-    if q_stats is not None:
-        fmt, mode = get_format(model.fmt), Rounding.parse(model.mode)
-        acc = _round_once(qs, np.swapaxes(kb, -1, -2), None, fmt, mode, q_stats)
-    else:
-        acc = matmul(qs, np.swapaxes(kb, -1, -2), accum=model)
+    acc = policy.scores_accum.matmul(qs, np.swapaxes(kb, -1, -2), prepared=q_stats)
     if policy.scale_apply == "scores":
         return _r(acc * k.alpha, _fmt(policy, "scores"))
     return _r_acc(acc, policy.scores_accum, _fmt(policy, "scores"))
@@ -497,20 +482,16 @@ def _dynamic_max(s: F64, r_m: F64, policy: AttentionPolicy, k: _Consts) -> F64:
     return np.where(ties & (r_m < 0), 0.0, out)
 
 
-def _row_sum(p: F64, policy: AttentionPolicy, p_stats: Any = None) -> F64:
+def _row_sum(p: F64, policy: AttentionPolicy, p_stats: Prepared | None = None) -> F64:
     """rowsum(p) as ``policy.row_sum_accum`` gives it, into the state format: (..., R, 1).
 
-    ``p_stats``: p's row statistics (from :func:`_fused_exp`); a ``RoundOnce`` sum given them
-    settles most rows by the certificate (or the error interval) of its first pass instead of
-    refining each one.
+    ``p_stats``: p's row statistics (from :func:`_fused_exp`); a model that uses them (the
+    once-rounded sum) settles most rows by the certificate (or the error interval) of its first
+    pass instead of refining each one.
     """
     ones = np.ones((p.shape[-1], 1))
     model = policy.row_sum_accum
-    if p_stats is not None and type(model) is RoundOnce and not _is_exact(get_format(model.fmt)):
-        fm, md = get_format(model.fmt), Rounding.parse(model.mode)
-        acc = _round_once(p, ones, None, fm, md, p_stats)
-    else:
-        acc = matmul(p, ones, accum=model)
+    acc = model.matmul(p, ones, prepared=p_stats)
     return _r_acc(acc, model, _fmt(policy, "state"))
 
 
@@ -520,11 +501,11 @@ def _pv(
     policy: AttentionPolicy,
     c: F64 | None,
     rng: np.random.Generator | None,
-    p_stats: Any = None,
+    p_stats: Prepared | None = None,
 ) -> F64:
     """The PV product (plus the running O), rounded into pv_fmt with the policy's mode.
 
-    ``p_stats``: p's row statistics (from :func:`_fused_exp`), reused by a ``RoundOnce`` model.
+    ``p_stats``: p's row statistics (from :func:`_fused_exp`), reused by a model that uses them.
     """
     mode = Rounding.parse(policy.pv_rounding)
     if mode is Rounding.STOCHASTIC and not isinstance(rng, np.random.Generator):
@@ -532,12 +513,7 @@ def _pv(
             f"policy {policy.name!r} rounds the PV result stochastically; pass "
             f"rng=numpy.random.Generator (got {rng!r})"
         )
-    model = policy.pv_accum
-    if p_stats is not None and type(model) is RoundOnce and not _is_exact(get_format(model.fmt)):
-        fm, md = get_format(model.fmt), Rounding.parse(model.mode)
-        acc = _round_once(p, vb, c, fm, md, p_stats)
-    else:
-        acc = matmul(p, vb, accum=model, c=c)
+    acc = policy.pv_accum.matmul(p, vb, c, prepared=p_stats)
     if mode is Rounding.NEAREST_EVEN:
         return _r_acc(acc, policy.pv_accum, _fmt(policy, "pv"))
     return _r(acc, _fmt(policy, "pv"), mode, rng)

@@ -455,6 +455,51 @@ def fa2_bf16_h100() -> AttentionPolicy:
     return fa2_on_tensor_cores("H100", bf16)
 
 
+def torch_cpu_flash(
+    fmt: Format | str, scores_accum: AccumModel, pv_accum: AccumModel
+) -> AttentionPolicy:
+    """torch's CPU flash attention on ``fmt`` tensors: FlashAttention-2's steps, scale on S.
+
+    Mirrors ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``: S = q k^T in fp32, scaled in
+    fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32, its row sum in fp32;
+    P-bar cast to ``fmt`` before the PV product, added to the rescaled fp32 O; O times the fp32
+    reciprocal of l, cast to ``fmt``. Backward as FlashAttention-2's: D from the output, P
+    recomputed from lse, dS cast to ``fmt``. The CPU's products are not tensor cores: the score
+    and dP products take ``scores_accum``, the PV and gradient products ``pv_accum`` (what
+    :func:`lowprec.compare.torch_cpu_flash_policy` picks from a capture's device facts).
+    Named ``torch_cpu_flash_<fmt>``.
+    """
+    f = get_format(fmt)
+    return _fa2(f"torch_cpu_flash_{f.name}", f).replace(
+        scale_apply="scores",
+        scores_accum=scores_accum,
+        pv_accum=pv_accum,
+        dp_accum=scores_accum,
+        grad_accum=pv_accum,
+    )
+
+
+def torch_math(fmt: Format | str) -> AttentionPolicy:
+    """torch's math SDPA on ``fmt`` tensors: upcast to fp32, fp32 maths, result cast back.
+
+    ``_scaled_dot_product_attention_math`` (``aten/src/ATen/native/transformers/attention.cpp``,
+    torch >= 2.5) converts half and bfloat16 q, k, v to float32 "for accuracy" and casts the
+    output back; autograd then gives fp32 gradients cast to ``fmt``. So this is
+    :func:`naive_fp32` with ``fmt`` inputs and outputs, not :func:`naive_bf16` (whose bf16
+    intermediates the captured CPU runs do not show: its predicted RMSE is ~3x the measured
+    one). The inputs are already ``fmt`` values, so the policy's input format is fp32: q and k
+    scaled by sqrt(alpha) stay fp32, as after the upcast. Autograd differentiates the fp32
+    softmax, so D = rowsum(dP * P) (``delta_source="dp_p"``). Named ``torch_math_<fmt>``.
+    """
+    f = get_format(fmt)
+    return naive_fp32().replace(
+        name=f"torch_math_{f.name}",
+        delta_source="dp_p",
+        out_fmt=f,
+        grad_out_fmt=f,
+    )
+
+
 def qiu_yao_bf16() -> AttentionPolicy:
     """The pure-PyTorch FlashAttention-2 of Qiu & Yao's experiments: O and l held in bf16.
 
