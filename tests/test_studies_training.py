@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lowprec.study import Result, get_study
+from studies import newton_schulz as ns
 
 TINY: dict[str, dict[str, Any]] = {
     "adam_update_rms": {
@@ -30,6 +31,8 @@ TINY: dict[str, dict[str, Any]] = {
         "schedules": ["keller_jordan", "quintic"],
         "mclip_shape": [128, 32],
         "mclip_big": 4,
+        "mclip_schedules": ["keller_jordan"],
+        "mclip_seeds": 2,
     },
     "maxlogit_qkclip": {
         "steps": 12,
@@ -87,9 +90,31 @@ def test_newton_schulz_study_is_deterministic_and_orders_mclip_forms() -> None:
     a, b = _run("newton_schulz"), _run("newton_schulz")
     assert a.canonical_json() == b.canonical_json()
     clip = a.series["mclip"]
-    assert (
-        clip["keller_jordan/odd"]["spectral_norm"] < clip["keller_jordan/nested"]["spectral_norm"]
-    )
+    odd, nested = clip["keller_jordan/odd"], clip["keller_jordan/nested"]
+    assert odd["spectral_norm"]["n"] == 2
+    assert odd["spectral_norm"]["mean"] < nested["spectral_norm"]["mean"]
+    # not Su's configuration: no comparison with his table is claimed
+    assert not any(c.name.startswith("At Su's shape") for c in a.checks)
+
+
+def _su_clip(scale: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        f"{ns.SU_SCHEDULE}/{form}": {
+            q: {"mean": v * scale.get(f"{form}/{q}", 1.0)} for q, v in su.items()
+        }
+        for form, su in ns.SU_TABLE.items()
+    }
+
+
+def test_su_comparison_passes_on_his_numbers_and_fails_outside_tolerance() -> None:
+    assert ns.compare_with_su(_su_clip({}))[1].passed
+    edge = 1 + ns.SU_TOLERANCE
+    assert ns.compare_with_su(_su_clip({"odd/spectral_norm": edge * 0.999}))[1].passed
+    bad = ns.compare_with_su(_su_clip({"odd/spectral_norm": edge * 1.01}))[1]
+    assert not bad.passed and "odd spectral_norm" in bad.detail
+    assert not ns.compare_with_su(_su_clip({"nested/matrix_mae": 0.5}))[1].passed
+    # the singular-value MAE is shown beside Su's but not checked (his figure has one digit)
+    assert ns.compare_with_su(_su_clip({"odd/sv_mae": 0.5}))[1].passed
 
 
 def test_maxlogit_study_clips() -> None:
