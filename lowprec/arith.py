@@ -42,7 +42,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from lowprec.accum.core import add_round, round_odd64, two_sum
 from lowprec.errors import ConfigError, LowprecError
-from lowprec.formats import Format, fp64, get_format
+from lowprec.formats import Format, get_format, is_exact
 from lowprec.reference import round_fraction
 from lowprec.rounding import Rounding, as_carrier, round_to
 
@@ -55,13 +55,9 @@ def _arr(x: ArrayLike, what: str) -> F64:
     return np.asarray(as_carrier(x, what), dtype=np.float64)
 
 
-def _is_fp64(fmt: Format) -> bool:
-    return fmt.man_bits == 52 and fmt.emin == fp64.emin and fmt.emax == fp64.emax
-
-
 def _finish(s: F64, e: F64, fmt: Format, mode: Rounding) -> F64:
     """The value ``s + e`` (``s = fl(s + e)``, e the exact remainder's sign carrier) in fmt."""
-    if not _is_fp64(fmt):
+    if not is_exact(fmt):
         return np.asarray(round_to(round_odd64(s, e), fmt, mode), dtype=np.float64)
     fin = np.isfinite(s) & (e != 0)
     up = np.nextafter(s, np.inf)
@@ -236,7 +232,7 @@ def _exp_decimal(v: float, base2: bool, digits: int) -> Fraction:
 
 def _exp_like(x: ArrayLike, fmt: Format | str, mode: Rounding | str, base2: bool) -> Any:
     f, m = _prep(fmt, mode)
-    if _is_fp64(f):
+    if is_exact(f):
         raise LowprecError(
             f"exp{'2' if base2 else ''} into fp64 is not supported; expected a format of at most "
             "50 fraction bits (float64's own exp is not correctly rounded)"

@@ -1,8 +1,8 @@
 """Studies: named experiments with a typed config, run into reproducible JSON-able Results.
 
 Adding a study is ONE new file ``studies/<name>.py`` that defines a module-level ``STUDY``; the
-registry finds it by scanning the ``studies`` package, ``lowprec run <name>`` runs it and
-``lowprec report`` renders it. A complete study::
+registry finds it by scanning :mod:`lowprec.studies` (whose modules are that folder's files),
+``lowprec run <name>`` runs it and ``lowprec report`` renders it. A complete study::
 
     \"\"\"example: what a rounded sum loses (one line saying the study's job).\"\"\"
     import numpy as np
@@ -77,6 +77,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from lowprec import studies as study_package
 from lowprec.errors import ConfigError, LowprecError
 
 T = TypeVar("T")
@@ -719,12 +720,11 @@ def register(study: Study) -> Study:
 
 
 def _discover() -> None:
-    import studies
-
-    for mod in pkgutil.iter_modules(studies.__path__):
+    """Register the ``STUDY`` of every public module of :mod:`lowprec.studies`."""
+    for mod in pkgutil.iter_modules(study_package.__path__):
         if mod.name.startswith("_"):
             continue
-        module = importlib.import_module(f"studies.{mod.name}")
+        module = importlib.import_module(f"{study_package.__name__}.{mod.name}")
         study = getattr(module, "STUDY", None)
         if isinstance(study, Study):
             if study.name != mod.name:
