@@ -1,7 +1,7 @@
 """``lowprec gate``: a numerics gate for attention and matmul kernels in CI.
 
 A kernel is judged relative to the error of the same maths done naively in the same precision
-(STYLE.md principle 7; the flash-attention test suite, Dao, arXiv 2307.08691 §4). For every check
+(``docs/style.md``; the flash-attention test suite, Dao, arXiv 2307.08691 §4). For every check
 of a ``lowprec-gate.toml`` and every input case, the gate rounds seeded inputs to the kernel's
 input format, runs the kernel, and compares each output tensor with
 

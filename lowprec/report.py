@@ -1,6 +1,6 @@
 """Render study Results into ``reports/``: result.json, report.md, report.html, PNGs, index.html.
 
-Layout (DESIGN.md, "Reports")::
+Layout (``docs/architecture.md``, "Studies and reports")::
 
     reports/index.html                 links every study found under reports/
     reports/<study>/result.json        the Result (see lowprec.study)

@@ -1,4 +1,4 @@
-"""The error-budget helper (STYLE.md principle 7): verdicts, derived atol, diagnosis, bad input."""
+"""The error-budget helper (docs/style.md): verdicts, derived atol, diagnosis, bad input."""
 
 from __future__ import annotations
 

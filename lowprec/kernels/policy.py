@@ -1,7 +1,7 @@
 """The precision policy of attention: the format and rounding of every step, and its presets.
 
 An :class:`AttentionPolicy` names each place where a real attention kernel rounds (see
-``ATTENTION.md`` of the project notes): the inputs, the score product (its accumulation model and
+``docs/attention.md``): the inputs, the score product (its accumulation model and
 output format), where the softmax scale is applied, the exponent, the row sum, the cast of P-bar
 before the PV product, the PV accumulation and the format of its result, the final division, the
 output; and for the backward pass D = rowsum(dO*O) and where O comes from, dP, dS and the
