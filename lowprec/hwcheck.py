@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lowprec.accum import matmul
+from lowprec.accum import RoundOnce, matmul
 from lowprec.accum.tensorcore import tensor_core_preset
 from lowprec.errors import LowprecError
 from lowprec.formats import fp16, fp32, get_format
@@ -60,6 +60,10 @@ class Outcome:
     exact_c0: int
     worst_ulps: float
     note: str
+    # when the preset fails: (rows reproduced, worst ulps) of the exactly rounded a.b + c
+    # (RoundOnce of the output format), with the recorded c and with c = 0
+    round_once: tuple[int, float] | None = None
+    round_once_c0: tuple[int, float] | None = None
 
     @property
     def passed(self) -> bool:
@@ -213,7 +217,17 @@ def check_case(case: Case) -> list[Outcome]:
             worst = _ulps(d, rec, out_fmt)
             if n < rows:
                 note = "MISMATCH"
-        outcomes.append(Outcome(case.gpu, case.fmt, out_name, tc.name, rows, n, n0, worst, note))
+        ro = ro0 = None
+        if n < rows and n0 < rows:
+            # no preset reading fits: does any correctly rounded sum reproduce the recording?
+            ideal = RoundOnce(out_fmt)
+            dr = matmul(a[:, None, :], b[:, :, None], accum=ideal, c=c[:, None, None])[:, 0, 0]
+            dr0 = matmul(a[:, None, :], b[:, :, None], accum=ideal)[:, 0, 0]
+            ro = (int(same_bits(dr, rec).sum()), _ulps(dr, rec, out_fmt))
+            ro0 = (int(same_bits(dr0, rec).sum()), _ulps(dr0, rec, out_fmt))
+        outcomes.append(
+            Outcome(case.gpu, case.fmt, out_name, tc.name, rows, n, n0, worst, note, ro, ro0)
+        )
     return outcomes
 
 

@@ -271,6 +271,7 @@ class Plot:
 
 RunFn = Callable[[Config, "Context"], Outcome]
 PlotFn = Callable[[Result], list[Plot]]
+IndexFn = Callable[[Result], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,12 @@ class Study:
         headline: The index's headline numbers: ``(label, flattened metric key)`` pairs, the
             key as the report flattens ``metrics`` (nested dicts joined by ``.``). Empty: the
             first three numeric metrics.
+        question: The question the study answers for a reader of the index, one line (empty:
+            the study has no paragraph in the index's opening summary).
+        index_paragraph: ``index_paragraph(result) -> str | None``: the answer to
+            ``question`` from the study's own result, as HTML (numbers in ``<b>``, links
+            relative to ``reports/``); None when the result lacks what it needs, and then
+            the index says which command gives the numbers.
     """
 
     name: str
@@ -296,6 +303,8 @@ class Study:
     run: RunFn
     plot: PlotFn | None = None
     headline: tuple[tuple[str, str], ...] = ()
+    question: str = ""
+    index_paragraph: IndexFn | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

@@ -258,4 +258,9 @@ STUDY = Study(
     full={"n": 100000, "sweep_n": 10000, "sweep_steps": 2000, "train_steps": 1000},
     run=run,
     plot=plot,
+    headline=(
+        ("pure-noise RMS, simulated", "pure_noise_rms_sim"),
+        ("formula", "pure_noise_rms_formula"),
+        ("transformer update RMS", "transformer_update_rms"),
+    ),
 )

@@ -45,6 +45,7 @@ from lowprec.accum import Sequential
 from lowprec.formats import bf16, fp32
 from lowprec.kernels import AttentionPolicy, backward, blocked, naive
 from lowprec.metrics import error_stats
+from lowprec.report import fmt_value
 from lowprec.rounding import Rounding, round_to
 from lowprec.study import Check, Context, Outcome, Plot, Result, Study, Table
 from studies._fp64 import attention_grads
@@ -498,6 +499,48 @@ def plot(result: Result) -> list[Plot]:
     ]
 
 
+def index_paragraph(result: Result) -> str | None:
+    """The index's answer (HTML): the bias of O with 2 ties, its t, the fixes' largest |t|."""
+    g = fmt_value
+    o_bias = result.metrics.get("O_bias", {})
+    o_t = result.metrics.get("O_t", {})
+    if "2" not in o_bias.get(BASE, {}) or "1" not in o_t.get(BASE, {}):
+        return None
+    beta = result.config.get("betas", [2.0])[0]
+    fixes = [
+        f"{label} (largest |t| of O over 1 to {max(int(k) for k in o_t[key])} ties: "
+        f"{max(abs(float(t)) for t in o_t[key].values()):.2f})"
+        for label, key in (
+            ("rescale with the dynamic maximum and hold l in fp32", DYN_FP32_L.format(beta)),
+            ("on tensor cores, the dynamic maximum", CUDA_TC_DYN.format(beta)),
+        )
+        if o_t.get(key)
+    ]
+    fp32_o = ""
+    if o_t.get(CUDA):
+        worst = max(abs(float(t)) for t in o_t[CUDA].values())
+        fp32_o = (
+            " Keeping O in fp32, as the FlashAttention-2 CUDA kernel does, removes it with an "
+            f"ideal fp32 accumulator (largest |t| {worst:.2f})"
+        )
+        if "2" in o_bias.get(CUDA_TC, {}):
+            fp32_o += (
+                "; on H100 tensor cores, whose accumulators truncate, the model predicts a "
+                f"smaller bias toward zero: <b>{g(float(o_bias[CUDA_TC]['2']))}</b> "
+                f"with 2 ties (t = {float(o_t[CUDA_TC]['2']):.1f})"
+            )
+        fp32_o += "."
+    return (
+        "Yes, when the kernel keeps the unnormalised output O in bf16 and a row's maximum score "
+        f"repeats: with 2 tied maxima the bias of O is <b>{g(float(o_bias[BASE]['2']))}</b> "
+        f"(t = {float(o_t[BASE]['2']):.1f}; one maximum: t = {float(o_t[BASE]['1']):.2f}), "
+        f"with the sign of V, and it reaches D and dQ.{fp32_o} <b>Fix:</b> "
+        + "; ".join(fixes)
+        + ". Stochastic rounding of O removes it too "
+        "(<a href='attention_bias/report.html'>attention_bias</a>)."
+    )
+
+
 STUDY = Study(
     name="attention_bias",
     claim=(
@@ -521,4 +564,11 @@ STUDY = Study(
     full={"trials": 2048, "keys": 1024, "dv": 64, "betas": [2.0, 7.0]},
     run=run,
     plot=plot,
+    headline=(
+        ("bias of O, 2 ties, O in bf16", f"O_bias.{BASE}.2"),
+        ("its t", f"O_t.{BASE}.2"),
+        ("t with the fix (dynamic max, l fp32)", f"O_t.{DYN_FP32_L.format(2)}.2"),
+    ),
+    question="Is bf16 flash attention biased?",
+    index_paragraph=index_paragraph,
 )

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from lowprec.formats import fp16
 from lowprec.kernels import AttentionPolicy, blocked, naive
+from lowprec.report import fmt_value
 from lowprec.rounding import round_to
 from lowprec.study import Check, Context, Outcome, Plot, Result, Study, Table
 from studies._fp64 import attention as fp64_attention
@@ -187,6 +188,32 @@ def plot(result: Result) -> list[Plot]:
     ]
 
 
+# the rows of the index paragraph, in the order it names them
+_INDEX_ROWS = (
+    "FlashAttention-2 fp16",
+    "standard attention fp16",
+    "FlashAttention-3 fp8",
+    "baseline fp8 e4m3 (per-tensor)",
+)
+
+
+def index_paragraph(result: Result) -> str | None:
+    """The index's answer (HTML): the emulated RMSE of each recipe against fp64 attention."""
+    rmse = result.metrics.get("rmse", {})
+    if not all(k in rmse for k in _INDEX_ROWS):
+        return None
+    g = fmt_value
+    fa2, std, fa3, base = (float(rmse[k]) for k in _INDEX_ROWS)
+    cfg = result.config
+    return (
+        "Output RMSE against fp64 attention on the same rounded inputs, emulated "
+        f"(<a href='fp8_attention/report.html'>fp8_attention</a>: N = {cfg.get('seq_len')}, "
+        f"d = {cfg.get('head_dim')}, normal inputs with outliers): FlashAttention-2 fp16 "
+        f"<b>{g(fa2)}</b> (standard fp16 attention {g(std)}); FlashAttention-3 fp8 "
+        f"<b>{g(fa3)}</b>, {fa3 / fa2:.0f}x FA2 fp16 (per-tensor fp8 {g(base)})."
+    )
+
+
 STUDY = Study(
     name="fp8_attention",
     claim=(
@@ -204,4 +231,11 @@ STUDY = Study(
     full={"heads": 4, "seq_len": 2048},
     run=run,
     plot=plot,
+    headline=(
+        ("FA2 fp16 RMSE", "rmse.FlashAttention-2 fp16"),
+        ("FA3 fp8 RMSE", "rmse.FlashAttention-3 fp8"),
+        ("FA3 gain over per-tensor fp8", "fp8_gain_fa3_vs_baseline"),
+    ),
+    question="How much error does low-precision attention add?",
+    index_paragraph=index_paragraph,
 )

@@ -322,4 +322,9 @@ STUDY = Study(
     full={"k_values": [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384], "m": 32, "n": 32},
     run=run,
     plot=plot,
+    headline=(
+        ("bf16 fp32-loop max rel, K max", "bf16.fp32_sequential_max_rel_at_kmax"),
+        ("bf16 Hopper TC", "bf16.hopper/blackwell TC (n=16, F=25).max_rel_at_kmax"),
+        ("e4m3 Hopper TC", "e4m3.hopper TC (n=32, F=13).max_rel_at_kmax"),
+    ),
 )

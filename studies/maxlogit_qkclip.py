@@ -279,4 +279,9 @@ STUDY = Study(
     full={"steps": 2000, "tau": 100.0, "seeds": 5},
     run=run,
     plot=plot,
+    headline=(
+        ("peak MaxLogit, no clip", "maxlogit_peak_no_clip"),
+        ("with QK-Clip", "maxlogit_peak_qk_clip"),
+        ("tau", "tau"),
+    ),
 )

@@ -309,4 +309,9 @@ STUDY = Study(
     },
     run=run,
     plot=plot,
+    headline=(
+        ("bf16 msign error, Polar Express", "msign_err_polar_express/bf16"),
+        ("quintic", "msign_err_quintic/bf16"),
+        ("Keller Jordan", "msign_err_keller_jordan/bf16"),
+    ),
 )

@@ -362,4 +362,9 @@ STUDY = Study(
     full={"steps": 1000, "batch": 16, "record_every": 25, "seeds": 5},
     run=run,
     plot=plot,
+    headline=(
+        ("max loss gap, FA2 bf16", "max_gap_fa2_bf16"),
+        ("with dynamic max", "max_gap_fa2_bf16_dynmax"),
+        ("first divergent step, FA2 bf16", "first_diverge_step_fa2_bf16"),
+    ),
 )

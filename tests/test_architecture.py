@@ -10,12 +10,16 @@ Each rule is a function over one module's source, run on every module of ``lowpr
 2. Outside ``lowprec/accum/`` nothing dispatches on an accumulation model's type
    (``type(m) is RoundOnce``, ``isinstance(m, RoundOnce)``): models own their behaviour
    (:meth:`lowprec.accum.AccumModel.prepare`, ``result_fmt``).
+3. A study is one file: dropped into the study folder it is run, reported and listed in the
+   index (with its question, answer and headline numbers) with no other change.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,3 +261,70 @@ def test_dispatch_rule_allows_the_protocol() -> None:
         "acc = m.matmul(a, b, prepared=m.prepare(a))\n"
     )
     assert type_dispatch(ok) == []
+
+
+# ---- a study is one file: the report knows nothing of it ---------------------------------------
+
+_PROBE = '''
+"""probe_study: a study the report has never heard of."""
+from lowprec.study import Check, Outcome, Study
+
+
+def run(cfg, ctx):
+    return Outcome(
+        metrics={"answer": 42.0, "noise": float(ctx.rng.standard_normal())},
+        checks=[Check("the answer is 42", True, "42")],
+    )
+
+
+STUDY = Study(
+    name="probe_study",
+    claim="A probe study's claim.",
+    quick={"seed": 0},
+    full={},
+    run=run,
+    headline=(("probe headline", "answer"),),
+    question="Does a new study reach the index?",
+    index_paragraph=lambda r: f"Yes: its answer is <b>{r.metrics['answer']:g}</b>.",
+)
+'''
+
+
+def _probe_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "dropped"
+    folder.mkdir()
+    (folder / "probe_study.py").write_text(_PROBE, encoding="utf-8")
+    return folder
+
+
+def test_a_new_study_file_appears_in_the_index(tmp_path: Path, monkeypatch: Any) -> None:
+    import lowprec.studies as package
+    import lowprec.study as st
+    from lowprec.report import run_and_write
+
+    folder = _probe_folder(tmp_path)
+    # the file dropped into the study folder: the folder is the package's search path
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
+    monkeypatch.setattr(st, "_REGISTRY", {})
+    monkeypatch.delitem(sys.modules, "lowprec.studies.probe_study", raising=False)
+    try:
+        out = tmp_path / "reports"
+        run_and_write("probe_study", out=out, progress=False)
+        index = (out / "index.html").read_text(encoding="utf-8")
+    finally:
+        sys.modules.pop("lowprec.studies.probe_study", None)
+    assert "href='probe_study/report.html'" in index
+    assert "A probe study&#x27;s claim." in index
+    assert "probe headline = 42" in index
+    summary = index[: index.index("<h2>Studies</h2>")]
+    assert "<b>Does a new study reach the index?</b> Yes: its answer is <b>42</b>." in summary
+
+
+def test_a_study_file_outside_the_folder_is_not_found(tmp_path: Path, monkeypatch: Any) -> None:
+    import lowprec.study as st
+    from lowprec.errors import LowprecError
+
+    _probe_folder(tmp_path)  # written, but not in the study folder
+    monkeypatch.setattr(st, "_REGISTRY", {})
+    with pytest.raises(LowprecError, match="unknown study 'probe_study'"):
+        st.get_study("probe_study")

@@ -328,12 +328,15 @@ def test_index_opens_with_numbers_from_the_results(tmp_path: Path) -> None:
     rmse = fp8.metrics["rmse"]
     for key in ("FlashAttention-2 fp16", "FlashAttention-3 fp8"):
         assert f"{key} <b>{fmt_value(rmse[key])}</b>" in summary
-    biased = bias.metrics["O_bias"][rp._BIASED]["2"]
-    t = bias.metrics["O_t"][rp._BIASED]["2"]
+    from studies import attention_bias as ab
+
+    biased = bias.metrics["O_bias"][ab.BASE]["2"]
+    t = bias.metrics["O_t"][ab.BASE]["2"]
     assert f"<b>{fmt_value(biased)}</b> (t = {t:.1f}" in summary and "<b>Fix:</b>" in summary
-    toward_zero = bias.metrics["O_bias"][rp._TENSOR_CORES]["2"]
+    toward_zero = bias.metrics["O_bias"][ab.CUDA_TC]["2"]
     assert f"<b>{fmt_value(toward_zero)}</b> with 2 ties" in summary
-    assert all(label in summary for label, _ in rp._FIXES)
+    assert "rescale with the dynamic maximum and hold l in fp32" in summary
+    assert "on tensor cores, the dynamic maximum" in summary
     assert "lowprec gate lowprec-gate.toml" in summary and rp.GATE_README in summary
     assert "No captures found" in index  # no compare data: the measured bf16 line is left out
     assert "measured" not in summary
@@ -343,10 +346,26 @@ def test_index_opens_with_numbers_from_the_results(tmp_path: Path) -> None:
     assert f"FA2 fp16 RMSE = {fmt_value(rmse['FlashAttention-2 fp16'])}" in table
 
 
-def test_index_names_variants_the_attention_bias_study_runs() -> None:
-    from lowprec.study import get_study
-    from studies import attention_bias
+def test_index_paragraph_names_variants_the_attention_bias_study_runs() -> None:
+    """The labels the study's index paragraph reads are labels of variants it runs."""
+    from studies import attention_bias as ab
 
-    labels = {lab for lab, *_ in attention_bias._variants(get_study("attention_bias").config())}
-    used = {rp._BIASED, rp._IDEAL_FP32_O, rp._TENSOR_CORES, *(key for _, key in rp._FIXES)}
+    cfg = st.get_study("attention_bias").config()
+    labels = {lab for lab, *_ in ab._variants(cfg)}
+    beta = cfg["betas"][0]
+    used = {ab.BASE, ab.CUDA, ab.CUDA_TC, ab.DYN_FP32_L.format(beta), ab.CUDA_TC_DYN.format(beta)}
     assert used <= labels, used - labels
+
+
+def test_report_holds_no_study_specific_code() -> None:
+    """No study's name, metric key or label is written in the report package."""
+    from studies import attention_bias as ab
+    from studies import fp8_attention as fp8
+
+    text = "".join(p.read_text() for p in (REPO / "lowprec" / "report").glob("*.py"))
+    for s in st.all_studies():
+        assert f"'{s.name}" not in text and f'"{s.name}' not in text, s.name
+        for label, key in s.headline:
+            assert key not in text and label not in text, (s.name, label)
+    for label in (ab.BASE, ab.CUDA, ab.CUDA_TC, *fp8.PAPER_RMSE):
+        assert label not in text, label
