@@ -54,7 +54,9 @@ def _methods(block: int) -> list[tuple[str, str, AttentionPolicy]]:
         (
             "FA3 fp8 without block quantisation",
             "blocked",
-            fa3.replace(name="fa3_fp8_per_tensor", input_scaling="tensor"),
+            AttentionPolicy.preset("fa3_fp8").replace(
+                name="fa3_fp8_per_tensor", input_scaling="tensor"
+            ),
         ),
         (
             "FA3 fp8 without incoherent processing",
