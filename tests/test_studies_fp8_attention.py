@@ -36,3 +36,12 @@ def test_quick_run_supports_the_claim() -> None:
     failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
     assert not failed, failed
     assert set(result.metrics["rmse"]) == set(mod.PAPER_RMSE)
+
+
+def test_methods_build_for_any_block_size() -> None:
+    # the per-tensor variant does not use block sizes, so another block must not reach it
+    methods = {name: pol for name, _, pol in mod._methods(64)}
+    assert methods["FlashAttention-3 fp8"].scale_block_q == 64
+    per_tensor = methods["FA3 fp8 without block quantisation"]
+    assert per_tensor.input_scaling == "tensor"
+    assert per_tensor.scale_block_q == AttentionPolicy.preset("fa3_fp8").scale_block_q

@@ -36,6 +36,7 @@ error.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -78,6 +79,10 @@ class AttentionGrads(NamedTuple):
 
 
 # ---- small helpers ---------------------------------------------------------------------------
+
+
+# policy names whose normalize='probs' the blocked kernel has already warned about (once each)
+_WARNED_PROBS: set[str] = set()
 
 
 def _r(
@@ -679,7 +684,8 @@ def blocked(
         q: (B, H, N, D) queries.
         k: (B, H_kv, M, D) keys.
         v: (B, H_kv, M, D_v) values.
-        policy: Format and rounding of every step (``normalize`` is ignored: O is divided).
+        policy: Format and rounding of every step (``normalize`` is ignored, with a warning
+            once per policy name: O is divided).
         block_q: Query rows per thread block (B_r).
         block_k: Keys per block (B_c); the last block is ragged when it does not divide M.
         causal: Mask keys j > i + M - N.
@@ -694,6 +700,13 @@ def blocked(
     """
     _check_block("block_q", block_q)
     bk = _check_block("block_k", block_k)
+    if policy.normalize == "probs" and policy.name not in _WARNED_PROBS:
+        _WARNED_PROBS.add(policy.name)
+        warnings.warn(
+            f"blocked attention ignores normalize='probs' of policy {policy.name!r}: the online "
+            "softmax divides O by l (run naive() for the softmax-then-matmul order)",
+            stacklevel=2,
+        )
     qg, ks, va, pos, kc, offset = _setup(q, k, v, policy, causal, scale, rng)
     st, pf = _fmt(policy, "state"), _fmt(policy, "p")
 

@@ -97,6 +97,19 @@ class AdamPolicy:
             object.__setattr__(self, name, _fmt(getattr(self, name), f"AdamPolicy.{name}"))
         for name in ("state_mode", "weight_mode"):
             object.__setattr__(self, name, Rounding.parse(getattr(self, name)))
+        conflicts = []
+        if self.state_mode is not Rounding.NEAREST_EVEN and self.m is None and self.v is None:
+            conflicts.append(
+                f"state_mode={self.state_mode.value!r} with exact moments (m and v None): "
+                "nothing is rounded in that mode"
+            )
+        if self.weight_mode is not Rounding.NEAREST_EVEN and self.stored is None:
+            conflicts.append(
+                f"weight_mode={self.weight_mode.value!r} with an exact master and weight: the "
+                "update is not rounded"
+            )
+        if conflicts:
+            raise ConfigError("AdamPolicy: " + "; ".join(conflicts))
 
     @property
     def stored(self) -> Format | None:
@@ -364,6 +377,11 @@ class NSPolicy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fmt", _fmt(self.fmt, "NSPolicy.fmt"))
         ns_schedule(self.schedule, self.steps)
+        if self.fmt is None and self.accum is not None:
+            raise ConfigError(
+                f"NSPolicy.accum={self.accum!r} with fmt=None: exact msign uses float64 numpy "
+                "matmuls, so the accumulation model would not act (name a format)"
+            )
 
     def matmul(self, a: Array, b: Array) -> Array:
         """``a @ b`` under this policy's accumulation model, output in ``fmt``."""
@@ -533,6 +551,11 @@ class MuonPolicy:
         for name in ("grad", "momentum", "master", "weight"):
             object.__setattr__(self, name, _fmt(getattr(self, name), f"MuonPolicy.{name}"))
         object.__setattr__(self, "weight_mode", Rounding.parse(self.weight_mode))
+        if self.weight_mode is not Rounding.NEAREST_EVEN and self.stored is None:
+            raise ConfigError(
+                f"MuonPolicy.weight_mode={self.weight_mode.value!r} with an exact master and "
+                "weight: the update is not rounded"
+            )
 
     @property
     def stored(self) -> Format | None:

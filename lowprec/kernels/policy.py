@@ -189,6 +189,45 @@ class AttentionPolicy:
                 "AttentionPolicy.hadamard=True needs input_scaling 'tensor' or 'block': the "
                 "rotation only matters before a scaled quantisation"
             )
+        self._check_fields_act()
+
+    def _check_fields_act(self) -> None:
+        """Refuse fields that cannot act beside the others (a fix that silently does nothing).
+
+        - ``dynamic_max_beta`` with ``normalize="probs"``: P = P-bar / l is unchanged by a common
+          factor exp(-(beta - 1) r_m) of P-bar and l, so the naive kernel's output does not
+          depend on the maximum (and the blocked kernel ignores ``normalize``).
+        - ``final_op="reciprocal"`` with ``normalize="probs"``: O is never divided.
+        - ``scale_block_q`` / ``scale_block_k`` other than 128 without ``input_scaling="block"``.
+        - a non-nearest ``pv_rounding`` into an exact ``pv_fmt``: exact values are not rounded.
+        """
+        conflicts = []
+        if self.dynamic_max_beta is not None and self.normalize == "probs":
+            conflicts.append(
+                "dynamic_max_beta with normalize='probs': P = P-bar / l does not depend on the "
+                "maximum, so the dynamic maximum cannot act (use normalize='output', the "
+                "flash-attention order, to test it)"
+            )
+        if self.final_op == "reciprocal" and self.normalize == "probs":
+            conflicts.append(
+                "final_op='reciprocal' with normalize='probs': the probabilities are divided, "
+                "O never is"
+            )
+        if self.input_scaling != "block":
+            for f in ("scale_block_q", "scale_block_k"):
+                if getattr(self, f) != 128:
+                    conflicts.append(
+                        f"{f}={getattr(self, f)} with input_scaling={self.input_scaling!r}: "
+                        "block sizes only act with input_scaling='block'"
+                    )
+        pv_mode = Rounding.parse(self.pv_rounding)
+        if pv_mode is not Rounding.NEAREST_EVEN and self.pv_fmt == fp64:
+            conflicts.append(
+                f"pv_rounding={pv_mode.value!r} with an exact pv_fmt: exact values are "
+                "not rounded (name the format the PV result is held in)"
+            )
+        if conflicts:
+            raise ConfigError(f"AttentionPolicy {self.name!r}: " + "; ".join(conflicts))
 
     def fmt(self, step: str) -> Format:
         """The format of ``step`` (a ``*_fmt`` field name without the suffix, e.g. ``"p"``).
