@@ -118,9 +118,10 @@ def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     n = len(seeds)
     checks = [
         Check(
-            f"in every seed, without clipping the MaxLogit grows past 2 x tau (tau={tau:g})",
-            min(raw_peaks) > 2 * tau,
-            f"peak {raw_peak}, smallest {min(raw_peaks):.1f} over {n} seeds",
+            f"in every seed, without clipping the MaxLogit grows past 1.5 x tau (tau={tau:g})",
+            min(raw_peaks) > 1.5 * tau,
+            f"peak {raw_peak}, smallest {min(raw_peaks):.1f} = {min(raw_peaks) / tau:.2f} x tau "
+            f"over {n} seeds",
         ),
         Check(
             "in every seed, per-head QK-Clip caps the MaxLogit near tau: never above tau by more "

@@ -122,7 +122,11 @@ def _seed_numbers(runs: dict[str, dict[str, Any]], cfg: dict[str, Any]) -> dict[
     base = np.asarray(runs["fp32"]["loss"])
     tail = max(1, cfg["steps"] // 10)
     out: dict[str, Any] = {
-        "finite": all(math.isfinite(x) for r in runs.values() for x in r["loss"])
+        "finite": all(math.isfinite(x) for r in runs.values() for x in r["loss"]),
+        "floor": max(
+            float(np.abs(np.asarray(runs["fp64"]["loss"]) - base).max()),
+            float(np.spacing(np.float32(base.max()))),
+        ),
     }
     for k, r in runs.items():
         if k == "fp32":
@@ -200,13 +204,22 @@ def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
             row += ["-", "-"]
         rows.append(row)
 
-    ratio_gap = [s["fa2_bf16"]["max_gap"] / s["fp64"]["max_gap"] for s in per_seed]
+    # the floor of a seed is its fp64-vs-fp32 gap, but never below the fp32 spacing of the loss
+    # (the smallest gap two fp32 losses can show), so a seed whose fp64 run lands on the fp32
+    # losses does not divide by zero
+    ratio_gap = [s["fa2_bf16"]["max_gap"] / s["floor"] for s in per_seed]
     ratio_dq = [s["fa2_bf16"]["dq_max"] / s["fa2_bf16"]["out_mean"] for s in per_seed]
     ratio_fix = [s["fa2_bf16"]["dq_max"] / s["fa2_bf16_dpp"]["dq_max"] for s in per_seed]
+    log_gap = seed_interval([math.log10(r) for r in ratio_gap])
+    blown = [i for i, r in enumerate(ratio_dq) if r > 10]
     metrics["gap_over_floor_min"] = min(ratio_gap)
-    metrics["dq_over_out_min"] = min(ratio_dq)
-    metrics["dpp_dq_cut_min"] = min(ratio_fix)
+    metrics["gap_over_floor_geomean"] = 10**log_gap.mean
+    metrics["gap_over_floor_geomean_ci"] = {"lo": 10**log_gap.lo, "hi": 10**log_gap.hi}
+    metrics["dq_over_out_per_seed"] = ratio_dq
+    metrics["dq_blowup_seeds"] = len(blown)
+    metrics["dpp_dq_cut_per_seed"] = ratio_fix
     n = len(seeds)
+    cuts = [ratio_fix[i] for i in blown]
     checks = [
         Check(
             "every run of every seed stays finite",
@@ -214,26 +227,29 @@ def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
             f"{n} seeds x {len(variants) + 1} runs x {cfg['steps']} steps",
         ),
         Check(
-            "in every seed, bf16 FA2 departs from the fp32 run far beyond that seed's "
-            "fp64-vs-fp32 floor (> 10x)",
-            min(ratio_gap) > 10,
-            f"max |loss gap| {ci('fa2_bf16', 'max_gap')} nats vs floor {floor}; smallest "
-            f"ratio over seeds {min(ratio_gap):.3g}; seeds over {threshold} nats: "
+            "bf16 FA2 departs from the fp32 run far beyond the fp64-vs-fp32 floor: the 95% "
+            "interval of the geometric mean over seeds of max |loss gap| / floor lies above 10x",
+            10**log_gap.lo > 10,
+            f"geometric mean {10**log_gap.mean:.3g}x (95% CI {10**log_gap.lo:.3g}x.."
+            f"{10**log_gap.hi:.3g}x, {n} seeds), smallest {min(ratio_gap):.3g}x; max |loss gap| "
+            f"{ci('fa2_bf16', 'max_gap')} nats vs floor {floor}; seeds over {threshold} nats: "
             f"{metrics['diverged_seeds_fa2_bf16']}/{n}",
         ),
         Check(
-            "in every seed, bf16 FA2's worst dQ error dwarfs its output error (> 10x): "
-            "D = rowsum(dO*O) from the bf16 O cancels in dP - D",
-            min(ratio_dq) > 10,
-            f"max dQ relative error {ci('fa2_bf16', 'dq_max')} vs mean O relative error "
-            f"{ci('fa2_bf16', 'out_mean')}; smallest ratio {min(ratio_dq):.3g}",
+            "in most seeds, D = rowsum(dO*O) from the bf16 O cancels in dP - D at some recorded "
+            "step: the worst dQ error exceeds 10x the output error",
+            2 * len(blown) > n,
+            f"{len(blown)}/{n} seeds; worst dQ error / mean O error per seed "
+            f"{', '.join(f'{r:.3g}' for r in ratio_dq)} (O relative error "
+            f"{ci('fa2_bf16', 'out_mean')})",
         ),
         Check(
-            "in every seed, computing D = rowsum(dP*P) instead (Qiu & Yao's alternative) cuts "
-            "the worst dQ error by > 10x",
-            min(ratio_fix) > 10,
-            f"max dQ relative error {ci('fa2_bf16_dpp', 'dq_max')} (dP*P) vs "
-            f"{ci('fa2_bf16', 'dq_max')} (dO*O); smallest cut {min(ratio_fix):.3g}x",
+            "in every seed where dQ is corrupted, computing D = rowsum(dP*P) instead (Qiu & "
+            "Yao's alternative) cuts the worst dQ error by > 10x",
+            bool(cuts) and min(cuts) > 10,
+            f"cut per corrupted seed {', '.join(f'{c:.3g}x' for c in cuts) or 'none'}; max dQ "
+            f"relative error {ci('fa2_bf16_dpp', 'dq_max')} (dP*P) vs "
+            f"{ci('fa2_bf16', 'dq_max')} (dO*O)",
         ),
     ]
     fa2 = first_runs["fa2_bf16"]
@@ -280,8 +296,14 @@ def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
             f"{cfg['steps']} steps, seeds {seeds[0]}..{seeds[-1]} (each seed: its own initial "
             f"weights and batches); the attention of every layer is the emulated kernel "
             f"(block_k={cfg['block_k']}), the rest of the model fp32 torch. Intervals are "
-            "two-sided 95% Student-t intervals of the mean over seeds; the checks ask for "
-            "every seed, not for the mean.",
+            "two-sided 95% Student-t intervals of the mean over seeds (of log10 for the "
+            "gap/floor ratio, whose spread spans decades); each check says whether it asks for "
+            "the interval, most seeds or every seed.",
+            "The cancellation in dP - D is intermittent: it needs a row whose dP*P nearly "
+            "cancels D at a recorded step, so a seed can diverge without a recorded dQ "
+            "blow-up. The fix variants' loss gaps (first table) stay of the same order as bf16 "
+            "FA2's in most seeds: over a short chaotic run any bf16 perturbation grows, so this "
+            "run shows the mechanism in dQ, not that a fix keeps the loss on the fp32 path.",
             "fa2_bf16_dynmax applies Qiu & Yao's dynamic maximum (arXiv 2510.04212, Algorithm 1) "
             f"with beta={cfg['beta']:g}; fa2_bf16_dpp computes D = rowsum(dP*P) in the backward "
             "(one of the alternatives the paper tests).",
@@ -341,8 +363,9 @@ STUDY = Study(
     name="training_stability",
     claim=(
         "Emulated bf16 FlashAttention-2 makes a small transformer's training depart from the fp32 "
-        "run far beyond the fp64-vs-fp32 floor, chiefly because D = rowsum(dO*O) from the bf16 "
-        "output cancels in dP - D and corrupts dQ; computing D = rowsum(dP*P) removes most of it."
+        "run far beyond the fp64-vs-fp32 floor; in most seeds D = rowsum(dO*O) from the bf16 "
+        "output cancels in dP - D at some step and corrupts dQ, and computing D = rowsum(dP*P) "
+        "removes that error."
     ),
     quick={
         "seed": 0,
