@@ -79,8 +79,11 @@ import numpy as np
 
 from lowprec import studies as study_package
 from lowprec.errors import ConfigError, LowprecError
+from lowprec.executor import Executor, SerialExecutor
 
 T = TypeVar("T")
+U = TypeVar("U")
+R = TypeVar("R")
 
 Config = dict[str, Any]
 Scalar = bool | int | float | str
@@ -387,6 +390,7 @@ class Study:
         full: bool = False,
         overrides: Mapping[str, Any] | Sequence[str] = (),
         progress: bool | None = None,
+        executor: Executor | None = None,
     ) -> Result:
         """Run the study and return its Result (nothing is written).
 
@@ -394,6 +398,8 @@ class Study:
             full: Use the full config.
             overrides: As for :meth:`config`.
             progress: Show a progress bar; None decides by :func:`progress_enabled`.
+            executor: Where the units the study hands to :meth:`Context.map` run (default: in
+                this process). The result's deterministic part does not depend on it.
 
         Returns:
             The Result, with provenance filled in. Metrics, series and table cells are in their
@@ -410,6 +416,7 @@ class Study:
             full=full,
             study=self.name,
             progress=progress_enabled() if progress is None else progress,
+            executor=executor,
         )
         start_wall = time.time()
         start = time.perf_counter()
@@ -431,26 +438,59 @@ class Study:
             tables=[Table(t.title, list(t.columns), to_jsonable(t.rows)) for t in outcome.tables],
             checks=[Check(c.name, bool(c.passed), c.detail) for c in outcome.checks],
             notes=list(outcome.notes),
-            provenance=provenance(start_wall, elapsed),
+            provenance={
+                **provenance(start_wall, elapsed),
+                "executor": {"name": ctx.executor.name, "workers": ctx.executor.workers},
+            },
         )
 
 
 class Context:
-    """What a running study gets besides its config: the seeded generator and progress.
+    """What a running study gets besides its config: the seeded generator, progress, executor.
 
     Attributes:
         seed: The config's seed.
         rng: ``numpy.random.default_rng(seed)``: the study's only source of randomness.
         full: Whether this is the full config.
         study: The study's name (labels the progress bar).
+        executor: Where :meth:`map` runs its units (see :mod:`lowprec.executor`).
     """
 
-    def __init__(self, *, seed: int, full: bool = False, study: str = "", progress: bool = False):
+    def __init__(
+        self,
+        *,
+        seed: int,
+        full: bool = False,
+        study: str = "",
+        progress: bool = False,
+        executor: Executor | None = None,
+    ):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.full = full
         self.study = study
         self._progress = progress
+        self.executor: Executor = SerialExecutor() if executor is None else executor
+
+    def map(self, fn: Callable[[U], R], units: Iterable[U], *, desc: str = "") -> list[R]:
+        """``[fn(u) for u in units]`` on the run's executor, with one progress bar.
+
+        Each unit must carry every parameter its result depends on, its seed included (draw
+        the seeds from ``rng`` before mapping, never inside ``fn``), and ``fn`` must be a
+        module-level function (or a ``functools.partial`` of one) so that it pickles: then the
+        results are the same for every executor and worker count. ``fn`` sets up its own
+        process state (e.g. torch's thread count), since it may run in another process.
+
+        Raises:
+            UnitsFailed: If some units raised (each is named with its parameters; the others
+                finished).
+        """
+        items = list(units)
+        bar = ProgressBar(f"{self.study} {desc}".strip(), len(items), enabled=self._progress)
+        try:
+            return self.executor.map(fn, items, progress=bar)
+        finally:
+            bar.close()
 
     def track(self, items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:
         """Iterate over ``items``, drawing a progress bar on stderr when enabled.

@@ -17,7 +17,10 @@ non-zero when the naive baseline happens to be exact.
 from __future__ import annotations
 
 import math
+import os
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -242,3 +245,25 @@ def assert_within_budget(
 
 
 __all__ = ["BudgetResult", "assert_within_budget", "infer_format", "same_bits", "within_budget"]
+
+
+def kill_worker_once(unit: tuple[str, int]) -> int:
+    """A work unit whose first attempt kills the process running it (fault-injection tests).
+
+    ``unit`` is ``(marker, x)``. When the file ``marker`` does not exist, it is created and the
+    process kills itself with SIGKILL, as an out-of-memory killer would; a retried attempt finds
+    the marker and returns ``x * x``. Only for executors that run units in other processes.
+    """
+    marker, x = unit
+    path = Path(marker)
+    if not path.exists():
+        path.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def raise_on_negative(x: int) -> int:
+    """A work unit that raises for a negative ``x`` and returns ``x * x`` otherwise (tests)."""
+    if x < 0:
+        raise LowprecError(f"negative unit {x}")
+    return x * x

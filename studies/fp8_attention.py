@@ -21,6 +21,7 @@ charged for quantising them, as in the paper. The reference is float64 attention
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -137,9 +138,8 @@ def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     Repeat ``r`` draws its inputs from ``default_rng(seed + r)``, so the first repeat does not
     depend on how many follow.
     """
-    per_seed = [
-        _one_seed(cfg, cfg["seed"] + r) for r in ctx.track(range(cfg["seeds"]), desc="seeds")
-    ]
+    seeds = [cfg["seed"] + r for r in range(cfg["seeds"])]
+    per_seed = ctx.map(partial(_one_seed, cfg), seeds, desc="seeds")
     methods = list(per_seed[0][0])
     runs = {m: [ps[0][m] for ps in per_seed] for m in methods}
     probe_runs = {p: [ps[1][p] for ps in per_seed] for p in per_seed[0][1]}

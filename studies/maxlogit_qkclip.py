@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,12 @@ def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
         return _run(cfg, ctx)
 
 
+def _seed_unit(seed: int, *, cfg: dict[str, Any], data: CharCorpus) -> dict[str, dict[str, Any]]:
+    """One work unit: both runs of ``seed``, single-threaded wherever it runs."""
+    with single_threaded():
+        return _train_seed(cfg, seed, data)
+
+
 def _train_seed(cfg: dict[str, Any], seed: int, data: CharCorpus) -> dict[str, dict[str, Any]]:
     """Both runs of one seed: same initial weights, batches and validation windows."""
     gcfg = GPTConfig.of(cfg, data.vocab)
@@ -99,7 +106,7 @@ def _train_seed(cfg: dict[str, Any], seed: int, data: CharCorpus) -> dict[str, d
 def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     data = CharCorpus.load(ctx.rng)
     seeds = [cfg["seed"] + i for i in range(cfg["seeds"])]
-    all_runs = [_train_seed(cfg, seed, data) for seed in ctx.track(seeds, desc="seeds")]
+    all_runs = ctx.map(partial(_seed_unit, cfg=cfg, data=data), seeds, desc="seeds")
     runs = all_runs[0]
     res = softmax_resolution(ctx.rng, cfg["logit_scales"], cfg["seq_len"], 256)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,12 @@ def _policies(beta: float) -> dict[str, AttentionPolicy | None]:
 def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     with single_threaded():
         return _run(cfg, ctx)
+
+
+def _seed_unit(seed: int, *, cfg: dict[str, Any], data: CharCorpus) -> dict[str, dict[str, Any]]:
+    """One work unit: every variant of ``seed``, single-threaded wherever it runs."""
+    with single_threaded():
+        return _train_seed(cfg, seed, data)
 
 
 def _train_seed(cfg: dict[str, Any], seed: int, data: CharCorpus) -> dict[str, dict[str, Any]]:
@@ -155,8 +162,7 @@ def _run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     per_seed: list[dict[str, Any]] = []
     first_runs: dict[str, dict[str, Any]] = {}
     gaps: dict[str, list[list[float]]] = {}
-    for seed in ctx.track(seeds, desc="seeds"):
-        runs = _train_seed(cfg, seed, data)
+    for runs in ctx.map(partial(_seed_unit, cfg=cfg, data=data), seeds, desc="seeds"):
         per_seed.append(_seed_numbers(runs, cfg))
         base = np.asarray(runs["fp32"]["loss"])
         for k, r in runs.items():

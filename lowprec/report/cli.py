@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lowprec import executor as executors
 from lowprec.report.compare_page import (
     COMPARE_DIR,
     DEFAULT_CAPTURES,
@@ -38,10 +39,15 @@ def run_and_write(
     overrides: Sequence[str] | dict[str, Any] = (),
     out: str | Path = DEFAULT_OUT,
     progress: bool | None = None,
+    executor: executors.Executor | None = None,
 ) -> Result:
-    """Run one study and write its report; the index is refreshed too."""
+    """Run one study and write its report; the index is refreshed too.
+
+    ``executor`` runs the study's independent units (default: in this process); the result's
+    deterministic part is the same for every executor.
+    """
     study = get_study(name)
-    result = study.run_study(full=full, overrides=overrides, progress=progress)
+    result = study.run_study(full=full, overrides=overrides, progress=progress, executor=executor)
     write_report(study, result, out)
     write_index(out)
     return result
@@ -60,13 +66,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{s.name:24s} {s.claim}")
         return 0
     progress = False if args.no_progress else None
+    get_study(args.study)  # an unknown name is an error before any worker starts
+    ex = executors.from_arguments(args)
     try:
         result = run_and_write(
-            args.study, full=args.full, overrides=args.set, out=args.out, progress=progress
+            args.study,
+            full=args.full,
+            overrides=args.set,
+            out=args.out,
+            progress=progress,
+            executor=ex,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: nothing written for {args.study}", file=sys.stderr)
         return 130
+    finally:
+        ex.close()
     print(_summary(result))
     for c in result.checks:
         if not c.passed:
@@ -129,19 +144,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else progress_enabled()
     failed: list[str] = []
     start = time.perf_counter()
-    for i, study in enumerate(studies, 1):
-        print(f"[{i}/{len(studies)}] {study.name} ...", flush=True)
-        try:
-            result = study.run_study(full=args.full, progress=progress)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: nothing written for {study.name}", file=sys.stderr)
+    ex = executors.from_arguments(args)
+    try:
+        for i, study in enumerate(studies, 1):
+            print(f"[{i}/{len(studies)}] {study.name} ...", flush=True)
+            try:
+                result = study.run_study(full=args.full, progress=progress, executor=ex)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: nothing written for {study.name}", file=sys.stderr)
+                write_index(args.out)
+                return 130
+            write_report(study, result, args.out)
             write_index(args.out)
-            return 130
-        write_report(study, result, args.out)
-        write_index(args.out)
-        print(f"      {_summary(result)}", flush=True)
-        if not result.passed:
-            failed.append(study.name)
+            print(f"      {_summary(result)}", flush=True)
+            if not result.passed:
+                failed.append(study.name)
+    finally:
+        ex.close()
     try:
         for line in run_sections(
             sections, out=args.out, captures=args.captures, hw_dir=args.hw_dir
@@ -177,6 +196,7 @@ def register(subparsers: Any) -> None:
     )
     sp.add_argument("--out", default=DEFAULT_OUT, help="reports folder (default: reports)")
     sp.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    executors.add_arguments(sp)
     sp.set_defaults(func=_cmd_run)
     sp = subparsers.add_parser(
         "report",
@@ -202,4 +222,5 @@ def register(subparsers: Any) -> None:
     )
     sp.add_argument("--out", default=DEFAULT_OUT, help="reports folder (default: reports)")
     sp.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    executors.add_arguments(sp)
     sp.set_defaults(func=_cmd_report)
