@@ -129,7 +129,8 @@ def test_same_seed_is_byte_identical_and_seed_matters() -> None:
     assert a.seed == 3 and a.overrides == {"seed": 3} and a.preset == "quick"
     # the volatile part is in the file but not in the comparison
     d = json.loads(a.to_json())
-    assert set(d["provenance"]) == {"versions", "platform", "started", "elapsed_s"}
+    assert set(d["provenance"]) == {"versions", "platform", "started", "elapsed_s", "executor"}
+    assert d["provenance"]["executor"] == {"name": "serial", "workers": 1}
     assert "numpy" in d["provenance"]["versions"]
     assert "provenance" not in json.loads(a.canonical_json())
 
