@@ -26,6 +26,16 @@ Every operation returns, per element, the exact result rounded once into ``fmt``
 Elements outside those safe ranges are computed with :class:`fractions.Fraction` and rounded by
 :func:`lowprec.reference.round_fraction` (slow, rare). Reductions: :func:`sum` with ``order``
 ``"sequential"``, ``"pairwise"`` or ``"blocked(n)"``.
+
+Signed zeros follow IEEE 754-2019 §6.3 in every mode. A nonzero exact result that rounds to
+zero keeps its sign. ``mul`` and ``div`` give a zero the exclusive or of the operands' signs;
+``sqrt(-0) = -0``. An exact zero sum (``add``, ``sub``, the sum of ``fma``, each addition of
+``sum``) of operands of opposite signs, or ``x - x``, is +0 in every mode but ``down``
+(roundTowardNegative), where it is -0; ``x + x`` keeps x's sign when x is zero
+(:func:`lowprec.accum.core.zero_sum_negative`). ``odd`` takes the rule of the nearest-like modes
+(our choice: round-to-odd is not an IEEE 754 direction); stochastic rounding is not a mode of
+these operations. ``exp`` and ``exp2`` are never an exact zero (their zeros are underflows,
++0 in every mode that rounds them to zero).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lowprec.accum.core import add_round, round_odd64, two_sum
+from lowprec.accum.core import add_round, round_odd64, two_sum, zero_sum_negative
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, get_format, is_exact
 from lowprec.reference import round_fraction
@@ -96,17 +106,29 @@ def _two_prod(x: F64, y: F64) -> tuple[F64, F64, NDArray[np.bool_]]:
 
 
 def _fix(out: F64, bad: NDArray[np.bool_], exact: Callable[..., Fraction | float], fmt: Format,
-         mode: Rounding, *args: F64) -> F64:  # fmt: skip
-    """Recompute ``out[bad]`` from ``exact(*scalars)`` (a Fraction, or an IEEE special float)."""
+         mode: Rounding, *args: F64, zero: F64 | None = None) -> F64:  # fmt: skip
+    """Recompute ``out[bad]`` from ``exact(*scalars)`` (a Fraction, or an IEEE special float).
+
+    ``zero``: per element, the signed zero an exact zero result takes (default +0).
+    """
     if not np.any(bad):
         return out
     shape = out.shape
     flat = out.reshape(-1).copy()
     cols = [np.broadcast_to(a, shape).reshape(-1) for a in args]
+    zeros = np.zeros(flat.size) if zero is None else np.broadcast_to(zero, shape).reshape(-1)
     for i in np.flatnonzero(bad):
         v = exact(*(float(a[i]) for a in cols))
+        if not isinstance(v, float) and v == 0:
+            v = float(zeros[i])
         flat[i] = v if isinstance(v, float) else round_fraction(v, fmt, mode)
     return flat.reshape(shape)
+
+
+def _zero_sum(s: F64, x: F64, y: F64, mode: Rounding) -> F64:
+    """``s = fl(x + y)`` with an exact zero signed as IEEE 754-2019 §6.3 says for ``mode``."""
+    neg = zero_sum_negative(np.signbit(x), np.signbit(y), mode)
+    return np.where(s == 0, np.where(neg, -0.0, 0.0), s)
 
 
 def _prep(fmt: Format | str, mode: Rounding | str) -> tuple[Format, Rounding]:
@@ -138,7 +160,7 @@ def add(x: ArrayLike, y: ArrayLike, fmt: Format | str, mode: Rounding | str = "r
     with np.errstate(all="ignore"):
         s, e = two_sum(xa, ya)
     e = np.where(np.isfinite(s), e, 0.0)
-    return _out(_finish(s, e, f, m))
+    return _out(_finish(_zero_sum(s, xa, ya, m), e, f, m))
 
 
 def sub(x: ArrayLike, y: ArrayLike, fmt: Format | str, mode: Rounding | str = "rne") -> Any:
@@ -168,10 +190,23 @@ def fma(
         s, e = two_sum(p, za)
         s = np.where(np.isfinite(p) & np.isfinite(za), s, p + za)
     e = np.where(np.isfinite(s), e, 0.0)
-    out = _finish(s, e, f, m)
+    # the sign bit of the exact product (its zero's sign where x or y is zero)
+    neg_p = np.signbit(xa) ^ np.signbit(ya)
+    zero = np.where(zero_sum_negative(neg_p, np.signbit(za), m), -0.0, 0.0)
+    out = _finish(np.where(s == 0, zero, s), e, f, m)
     bad = ~exact_p & np.isfinite(xa) & np.isfinite(ya) & np.isfinite(za)
     return _out(
-        _fix(out, bad, lambda a, b, c: Fraction(a) * Fraction(b) + Fraction(c), f, m, xa, ya, za)
+        _fix(
+            out,
+            bad,
+            lambda a, b, c: Fraction(a) * Fraction(b) + Fraction(c),
+            f,
+            m,
+            xa,
+            ya,
+            za,
+            zero=zero,
+        )
     )
 
 
@@ -306,7 +341,9 @@ def sum(
         x: Values, taken exactly (they are not rounded into ``fmt`` first, except as the
             leaves of the pairwise tree, where each leaf is rounded into ``fmt``).
         fmt: Format of every partial sum.
-        order: ``"sequential"`` (``acc = round(acc + x_k)`` from k = 0, acc starting at +0),
+        order: ``"sequential"`` (``acc = round(acc + x_k)`` from k = 0, acc starting from
+            the additive identity, so that the first step gives round(x_0); an empty sum
+            is +0),
             ``"pairwise"`` (the binary-counter tree of :class:`lowprec.accum.Pairwise`), or
             ``"blocked(n)"`` (sequential within consecutive blocks of n, then the block sums
             added sequentially, each addition rounded).
@@ -336,7 +373,10 @@ def sum(
 
 
 def _seq(x: F64, fmt: Format, mode: Rounding) -> F64:
-    acc = np.zeros(x.shape[:-1])
+    if x.shape[-1] == 0:
+        return np.zeros(x.shape[:-1])
+    # the additive identity (-0, or +0 rounding down): the sum starts from the first term
+    acc = np.full(x.shape[:-1], 0.0 if mode is Rounding.DOWN else -0.0)
     for k in range(x.shape[-1]):
         acc = add_round(acc, x[..., k], fmt, mode)
     return acc

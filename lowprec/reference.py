@@ -4,11 +4,18 @@ Every vectorised or compiled routine in lowprec that rounds is tested bit for bi
 :func:`round_fraction`, which works on :class:`fractions.Fraction` values and follows the words of
 IEEE 754-2019 §4.3 (rounding-direction attributes) and §7.4 (overflow) directly: find the two
 neighbours of x in the format, then pick one as the mode says.
+
+A Fraction has no signed zero, so the sign of an exact zero *result* is the business of the
+operation: :func:`round_sum` is the specification of a sum of terms rounded once, with §6.3's
+sign for an exact zero sum (-0 rounding ``down`` unless every term is +0; +0 in every other
+mode, ``odd`` by our choice included, unless every term is -0), and :func:`exact_product` gives
+a product as a term (a signed float zero when it is zero).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from fractions import Fraction
 
 from lowprec.formats import Format, NanEncoding, get_format
@@ -122,6 +129,59 @@ def round_fraction(
             return fmt.smallest_normal
         choice = Fraction(0)
     return signed(choice)
+
+
+def exact_product(x: float, y: float) -> Fraction | float:
+    """``x * y`` exactly: a Fraction, or a float for a zero (signed), inf or NaN product.
+
+    The sign of a zero product is the exclusive or of the factors' signs (IEEE 754-2019 §6.3).
+    """
+    if math.isfinite(x) and math.isfinite(y) and x != 0 and y != 0:
+        return Fraction(x) * Fraction(y)
+    return x * y
+
+
+def round_sum(
+    terms: Iterable[Fraction | float | int],
+    fmt: Format | str,
+    mode: Rounding | str = Rounding.NEAREST_EVEN,
+    *,
+    saturate: bool = False,
+) -> float:
+    """The exact sum of ``terms`` rounded once into fmt (IEEE 754-2019 §6.3 for zero and specials).
+
+    A NaN term, or both +inf and -inf, gives NaN; else an infinite term gives that infinity
+    (then rounded as :func:`round_fraction` rounds an infinity). A nonzero exact sum is rounded
+    by :func:`round_fraction`. An exact zero sum is -0 iff, rounding ``down``, some term has its
+    sign bit set, or, in every other mode (``odd`` and stochastic by our choice), every term
+    does and there is at least one; a float term's sign bit is its own (-0.0 included), a
+    Fraction's or int's is set when it is negative (a zero Fraction counts as +0). The empty
+    sum is +0.
+
+    Args:
+        terms: The addends, each taken exactly.
+        fmt: Target format.
+        mode: Rounding mode (stochastic takes the nearest-like zero; use :func:`round_fraction`
+            for its rounding of a nonzero sum).
+        saturate: As for :func:`round_fraction`.
+
+    Returns:
+        The rounded sum.
+    """
+    mode = Rounding.parse(mode)
+    items = list(terms)
+    specials = [t for t in items if isinstance(t, float) and not math.isfinite(t)]
+    if specials:
+        nan = any(math.isnan(t) for t in specials) or len(set(specials)) > 1
+        return round_fraction(math.nan if nan else specials[0], fmt, mode, saturate=saturate)
+    total = Fraction(0)
+    for t in items:
+        total += Fraction(t)
+    if total != 0:
+        return round_fraction(total, fmt, mode, saturate=saturate)
+    neg = [math.copysign(1.0, t) < 0 if isinstance(t, float) else t < 0 for t in items]
+    negative = any(neg) if mode is Rounding.DOWN else bool(neg) and all(neg)
+    return round_fraction(-0.0 if negative else 0.0, fmt, mode, saturate=saturate)
 
 
 def all_values(fmt: Format | str) -> list[float]:

@@ -20,7 +20,7 @@ from lowprec.accum.tensorcore import (
     tensor_core_preset,
 )
 from lowprec.formats import Format, bf16, fp16, fp32, fp64, get_format
-from lowprec.reference import floor_log2, round_fraction
+from lowprec.reference import exact_product, floor_log2, round_fraction, round_sum
 from lowprec.rounding import Rounding
 from lowprec.testing import same_bits as _same
 
@@ -49,42 +49,35 @@ def ref_exact(av: Any, bv: Any, c: float | None) -> Fraction | float:
 
 def ref_round_once(av: Any, bv: Any, c: float | None, fmt: Format, mode: str = "rne") -> float:
     x = ref_exact(av, bv, c)
-    return x if isinstance(x, float) else round_fraction(x, fmt, mode)
+    if isinstance(x, float):
+        return x
+    terms = [exact_product(float(p), float(q)) for p, q in zip(av, bv, strict=True)]
+    return round_sum(terms + ([] if c is None else [c]), fmt, mode)
 
 
-def _add(x: Fraction | float, y: Fraction | float) -> Fraction | float:
-    """Exact sum; IEEE 754 once an operand is inf or NaN (an overflowed partial sum)."""
-    if isinstance(x, float) or isinstance(y, float):
-        return float(x) + float(y)
-    return x + y
-
-
-def _rnd(v: Fraction | float, fmt: Format) -> Fraction | float:
-    r = round_fraction(v, fmt) if not isinstance(v, float) else v
-    return Fraction(r) if math.isfinite(r) else r
-
-
-def ref_sequential(av: Any, bv: Any, c: float | None, fmt: Format) -> float:
-    acc: Fraction | float = Fraction(0) if c is None else Fraction(c)
+def ref_sequential(av: Any, bv: Any, c: float | None, fmt: Format, mode: str = "rne") -> float:
+    """Each step ``acc = round(acc + a_k b_k)`` by the specification (signed zeros included)."""
+    acc: float | None = c
     for x, y in zip(av, bv, strict=False):
-        acc = _rnd(_add(acc, Fraction(float(x)) * Fraction(float(y))), fmt)
-    return float(acc)
+        p = exact_product(float(x), float(y))
+        acc = round_sum([p] if acc is None else [acc, p], fmt, mode)
+    return 0.0 if acc is None else acc
 
 
-def ref_pairwise(av: Any, bv: Any, c: float | None, fmt: Format) -> float:
-    stack: list[tuple[int, Fraction | float]] = []
+def ref_pairwise(av: Any, bv: Any, c: float | None, fmt: Format, mode: str = "rne") -> float:
+    stack: list[tuple[int, float]] = []
     for x, y in zip(av, bv, strict=False):
-        node = (1, _rnd(Fraction(float(x)) * Fraction(float(y)), fmt))
+        node = (1, round_sum([exact_product(float(x), float(y))], fmt, mode))
         while stack and stack[-1][0] == node[0]:
             size, left = stack.pop()
-            node = (2 * size, _rnd(_add(left, node[1]), fmt))
+            node = (2 * size, round_sum([left, node[1]], fmt, mode))
         stack.append(node)
     total = stack.pop()[1]
     while stack:
-        total = _rnd(_add(stack.pop()[1], total), fmt)
+        total = round_sum([stack.pop()[1], total], fmt, mode)
     if c is not None:
-        total = _rnd(_add(total, Fraction(c)), fmt)
-    return float(total)
+        total = round_sum([total, c], fmt, mode)
+    return total
 
 
 def ref_tensor_core(av: Any, bv: Any, c: float | None, tc: TensorCore) -> float:

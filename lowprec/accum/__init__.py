@@ -17,6 +17,7 @@ from lowprec.accum.core import (
     broadcast_operands,
     matmul,
     prepare,
+    zero_sum_negative,
 )
 from lowprec.accum.tensorcore import (
     E8M13,
@@ -46,4 +47,5 @@ __all__ = [
     "matmul",
     "prepare",
     "tensor_core_preset",
+    "zero_sum_negative",
 ]

@@ -62,8 +62,29 @@ exactly by float64 BLAS. The few exact slice products are summed with TwoSum (Kn
 gap on its side, and the rest (ties and near-ties) again take the exact path.
 
 Special values follow IEEE 754 for the exact sum: NaN if any term is NaN or 0 * inf or both
-+inf and -inf occur; otherwise +-inf if an infinite term occurs. An exact zero sum is +0 (the
-accumulator of every modelled unit starts at +0).
++inf and -inf occur; otherwise +-inf if an infinite term occurs.
+
+Signed zeros (IEEE 754-2019 §6.3). The terms of a dot product are its products ``a_k * b_k``
+(a zero product's sign is the exclusive or of its factors' signs) and ``c`` when given. A result
+that is zero because the exact value is a nonzero number too small for ``fmt`` keeps the sign of
+that number (every mode, as :func:`lowprec.rounding.round_to` rounds). A result whose exact value
+is zero (terms of opposite signs cancel, or every term is zero) is, in every model but the tensor
+cores, the zero §6.3 gives a chain of IEEE additions of the terms:
+
+- rounding ``down`` (roundTowardNegative): -0, unless every term is +0 (then +0);
+- every other mode (``rne``, ``rna``, ``rtz``, ``up``, and, by our choice, ``odd``, whose
+  grid is the nearest-like one of its wider intermediate): +0, unless every term is -0 (then
+  -0). Stochastic rounding is not a mode of these models; where lowprec rounds stochastically
+  (:func:`lowprec.rounding.round_to`) a zero input keeps its sign.
+
+Each addition of :class:`Sequential`, :class:`Pairwise` and :class:`Chunked` follows the
+two-operand rule (:func:`zero_sum_negative`); without ``c`` their accumulator starts from the
+first term (the same as starting from the additive identity: -0, or +0 in ``down``), so that a
+K-term sum of these models and of :class:`RoundOnce` and :class:`Exact` give an exact zero the
+same sign. ``K = 0`` without ``c`` (an empty sum) gives +0 in every model. A loop that starts
+from a literal +0 is the model with ``c = 0``. The tensor-core models
+(:mod:`lowprec.accum.tensorcore`) are not IEEE adders: they keep the sign MMA-Sim gives (see
+there).
 """
 
 from __future__ import annotations
@@ -261,14 +282,43 @@ def round_odd64(s: F64, e: F64) -> F64:
     return np.where(inexact & ~odd, step, s)
 
 
+def zero_sum_negative(
+    neg_x: NDArray[np.bool_], neg_y: NDArray[np.bool_], mode: Rounding
+) -> NDArray[np.bool_]:
+    """Whether an exact zero ``x + y`` is -0, from the operands' sign bits (IEEE 754-2019 §6.3).
+
+    ``x + y`` with x, y of opposite signs (or ``x - x``) is +0 in every rounding direction but
+    roundTowardNegative, where it is -0; ``x + x`` keeps x's sign even when x is zero. So the
+    zero is -0 iff both are negative, or, rounding ``down``, iff either is. ``odd`` takes the
+    nearest-like rule (our choice: round-to-odd is not an IEEE 754 direction).
+
+    Args:
+        neg_x, neg_y: Sign bits of the operands (``numpy.signbit``), broadcast together.
+        mode: Rounding mode of the addition.
+
+    Returns:
+        Boolean array: True where the zero sum is -0.
+    """
+    if mode is Rounding.DOWN:
+        return np.asarray(neg_x | neg_y)
+    return np.asarray(neg_x & neg_y)
+
+
 def add_round(x: F64, y: F64, fmt: Format, mode: Rounding = Rounding.NEAREST_EVEN) -> F64:
     """``x + y`` correctly rounded into ``fmt`` (x, y exact float64; no double rounding).
+
+    An exact zero sum takes the sign :func:`zero_sum_negative` gives (IEEE 754-2019 §6.3).
 
     Raises:
         LowprecError: For ``fmt`` = fp64 with a mode other than nearest-even.
     """
     with np.errstate(invalid="ignore", over="ignore"):
         s, e = two_sum(x, y)
+    if mode is Rounding.DOWN:
+        # float64's own addition (nearest-even) gives the other modes' zero already
+        s = np.where(
+            s == 0, np.where(zero_sum_negative(np.signbit(x), np.signbit(y), mode), -0.0, 0.0), s
+        )
     if is_exact(fmt):
         if mode is not Rounding.NEAREST_EVEN:
             raise LowprecError(f"fp64 accumulation supports mode 'rne' only, got {mode.value!r}")
@@ -551,6 +601,38 @@ def _fix_flat(
         _fix_elements(res, mask.reshape(res.shape), a, b, c, fmt, mode)
 
 
+def _signed_zeros(
+    res: F64, pr: _Prep, a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding
+) -> F64:
+    """``res`` with every exact zero sum given its IEEE 754-2019 §6.3 sign (module docstring).
+
+    A zero of ``res`` is an exact zero sum when the exact path finds the sum zero; its sign
+    is then -0 iff (``down``) any term or (other modes) every term, of at least one, has its
+    sign bit set. A zero product's sign bit is the exclusive or of its factors', so the count
+    of negative-signed products is ``sa @ (1 - sb) + (1 - sa) @ sb`` over the sign bits (exact
+    small integers in float64). Zeros that are rounded nonzero sums keep their sign.
+    """
+    flat = res.reshape(-1)
+    idx = np.flatnonzero(flat == 0)
+    if idx.size == 0:
+        return res
+    _, status = _exact_at(pr, idx, 52, -1022, True)
+    idx = idx[status == 1]
+    if idx.size == 0:
+        return res
+    sa = np.signbit(a).astype(np.float64)  # (..., M, K)
+    sb = np.signbit(b).astype(np.float64)  # (..., K, N)
+    neg_prods = np.matmul(sa, 1.0 - sb) + np.matmul(1.0 - sa, sb)  # (..., M, N)
+    neg = np.broadcast_to(neg_prods, pr.shape).reshape(-1)[idx]
+    terms = a.shape[-1]
+    if c is not None:
+        neg = neg + np.signbit(np.broadcast_to(c, pr.shape)).reshape(-1)[idx]
+        terms += 1
+    negative = (neg > 0) if mode is Rounding.DOWN else (neg == terms) & (terms > 0)
+    flat[idx] = np.where(negative & fmt.negative_zero, -0.0, 0.0)
+    return res
+
+
 def _round_once(
     a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding, a_stats: _Stats | None = None
 ) -> F64:
@@ -578,7 +660,7 @@ def _round_once(
         _decide(pr, t, False, rargs, out, flag)
         count = int(np.count_nonzero(flag))
         if count == 0:
-            return out.view(np.float64).reshape(pr.shape)
+            return _signed_zeros(out.view(np.float64).reshape(pr.shape), pr, a, b, c, fmt, mode)
         # many elements left: one BLAS product for sum |a_k b_k|; few: recompute each
         if count * 16 > flag.size:
             with np.errstate(all="ignore"):
@@ -590,7 +672,7 @@ def _round_once(
     res = out.view(np.float64).reshape(pr.shape)
     idx = np.flatnonzero(flag)
     if idx.size == 0:
-        return res
+        return _signed_zeros(res, pr, a, b, c, fmt, mode)
     fine = _finite_at(pr, idx)
     if fmt.man_bits > 50 or fmt.emin - fmt.man_bits - 2 < -1074:
         fine[:] = False  # round to odd two bits below the quantum does not fit float64
@@ -600,7 +682,7 @@ def _round_once(
     flat[idx[fine]] = np.where(status == 1, 0.0, rounded)
     slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
     _fix_flat(res, slow, a, b, c, fmt, mode)
-    return res
+    return _signed_zeros(res, pr, a, b, c, fmt, mode)
 
 
 # ---- exact: error-free matrix product ------------------------------------------------------
@@ -638,13 +720,13 @@ def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
         undecided = _ozaki(pr, a, b, c, res.reshape(-1), idx)
         idx = idx[undecided]
     if idx.size == 0:
-        return res
+        return _signed_zeros(res, pr, a, b, c, fp64, Rounding.NEAREST_EVEN)
     fine = _finite_at(pr, idx)
     vals, status = _exact_at(pr, idx[fine], 52, -1022, True)
     res.reshape(-1)[idx[fine]] = vals
     slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
     _fix_flat(res, slow, a, b, c, fp64, Rounding.NEAREST_EVEN)
-    return res
+    return _signed_zeros(res, pr, a, b, c, fp64, Rounding.NEAREST_EVEN)
 
 
 def _ozaki(
@@ -759,6 +841,15 @@ class RoundOnce(AccumModel):
         return _fmt(self.fmt)
 
 
+def _sum_start(shape: tuple[int, ...], mode: Rounding) -> F64:
+    """The additive identity that starts a sum without c: +0 rounding ``down``, else -0.
+
+    ``identity + t = t`` for every t, zeros included (IEEE 754-2019 §6.3), so the sum is the
+    sum of its terms alone.
+    """
+    return np.full(shape, 0.0 if mode is Rounding.DOWN else -0.0)
+
+
 def _fmt(f: Format | str) -> Format:
     return f if isinstance(f, Format) else get_format(f)
 
@@ -769,7 +860,9 @@ def _mode(m: Rounding | str) -> Rounding:
 
 @dataclass(frozen=True)
 class Sequential(AccumModel):
-    """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c`` (or +0).
+    """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c``.
+
+    Without ``c`` the sum starts from the first product (signed zeros: the module docstring).
 
     Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
     once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does.
@@ -791,7 +884,9 @@ class Sequential(AccumModel):
         _exact_products_check(a, "Sequential")
         _exact_products_check(b, "Sequential")
         _, _, c, shape = broadcast_operands(a, b, c)
-        acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
+        if c is None and a.shape[-1] == 0:
+            return np.zeros(shape)
+        acc = _sum_start(shape, mode) if c is None else np.array(c, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             for k in range(a.shape[-1]):
                 p = a[..., :, k : k + 1] * b[..., k : k + 1, :]  # (..., M, N), exact
@@ -838,12 +933,14 @@ class Pairwise(AccumModel):
                     size, left = stack.pop()
                     node = (2 * size, add_round(left, node[1], fmt, mode))
                 stack.append(node)
-            total = stack.pop()[1] if stack else np.zeros(shape)
+            if c is None and not stack:
+                return np.zeros(shape)
+            total = stack.pop()[1] if stack else _sum_start(shape, mode)
             while stack:
                 total = add_round(stack.pop()[1], total, fmt, mode)
             if c is not None:
                 total = add_round(total, c, fmt, mode)
-        return np.where(total == 0, 0.0, total) if c is None else total
+        return total
 
     @property
     def result_fmt(self) -> Format:
@@ -854,9 +951,9 @@ class Pairwise(AccumModel):
 class Chunked(AccumModel):
     """``inner`` within chunks of ``n`` products; chunk results accumulated in ``fmt``.
 
-    ``acc = c`` (or +0); for each chunk, ``acc = round_fmt(acc + inner(chunk))``: the partial
-    result of the inner unit is promoted and added with one rounding. DeepSeek-V3's FP8 recipe
-    is ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
+    ``acc = c`` (without c: from the first chunk, see the module docstring); for each chunk,
+    ``acc = round_fmt(acc + inner(chunk))``: the partial result of the inner unit is promoted
+    and added with one rounding. DeepSeek-V3's FP8 recipe is ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
 
     Attributes:
         fmt: Format of the outer accumulator.
@@ -881,7 +978,9 @@ class Chunked(AccumModel):
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
         _, _, c, shape = broadcast_operands(a, b, c)
-        acc = np.zeros(shape) if c is None else np.array(c, dtype=np.float64)
+        if c is None and a.shape[-1] == 0:
+            return np.zeros(shape)
+        acc = _sum_start(shape, mode) if c is None else np.array(c, dtype=np.float64)
         n = int(self.n)
         for k0 in range(0, a.shape[-1], n):
             part = self.inner._matmul(a[..., k0 : k0 + n], b[..., k0 : k0 + n, :], None)
