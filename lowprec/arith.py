@@ -283,7 +283,9 @@ def _exp_like(x: ArrayLike, fmt: Format | str, mode: Rounding | str, base2: bool
         lo = np.asarray(round_to(np.maximum(v * (1 - delta), tiny), f, m), dtype=np.float64)
         hi = np.asarray(round_to(np.minimum(v * (1 + delta), huge), f, m), dtype=np.float64)
         if base2:
-            exact_arg = (xa == np.round(xa)) & (np.abs(xa) < 1070)
+            # 2**x for integer x is exact where float64 holds it; 2**1024 and above are not
+            # inf but finite values beyond every format, left to the clamped interval
+            exact_arg = (xa == np.round(xa)) & (xa > -1070) & (xa < 1024)
             v_exact = np.ldexp(1.0, np.where(exact_arg, xa, 0).astype(np.int32))
         else:
             exact_arg = xa == 0
