@@ -16,8 +16,10 @@ conversion) and ``±max`` in fp6/fp4 (no NaN either), ``±max`` in the other dir
 under ``saturate=True``. An infinity that is exact (x/0, or infinite operands), not an
 overflow, is NaN in e4m3fn and ``±max`` in fp6/fp4.
 
-Inputs include every pair of 8-bit (and 6-, 4-bit) values, and for 16- and 32-bit formats
-random samples plus adversarial cases: exact cancellations (``x - x``, ``x + (-x)``, fma with
+Inputs include every pair of 8-bit (and 6-, 4-bit) values and, for sqrt, exp, exp2 and
+round_to, every 8-bit value and every midpoint between neighbours; for 16- and 32-bit formats
+random samples (for 16 bits: 6000 random neighbour pairs plus the 64 smallest and largest
+values) plus adversarial cases: exact cancellations (``x - x``, ``x + (-x)``, fma with
 ``z = -x*y``), ties (sums and products on a midpoint of the format's grid), subnormal results
 and the overflow boundary (``max``, ``max + ulp/2``, ``2 max``).
 """
@@ -224,9 +226,22 @@ def test_fma(rng, fmt_name, mode):
     _assert_agree(got, want, args, f"fma {fmt.name} {mode}")
 
 
+def _dense_ends(n: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Sorted indices into range(n): the first and last 64 (zero, subnormals, overflow) and a
+    random ``size`` between (every index when n is small)."""
+    if n <= size:
+        return np.arange(n)
+    ends = np.concatenate([np.arange(64), np.arange(n - 64, n)])
+    return np.unique(np.concatenate([ends, rng.choice(n, size, replace=False)]))
+
+
 def _unary_inputs(fmt: Format, rng: np.random.Generator) -> np.ndarray:
-    if fmt.bits <= 16:
+    if fmt.bits <= 8:
         return _values(fmt)
+    if fmt.bits <= 16:
+        v = _finite_sorted(fmt)
+        v = v[_dense_ends(v.size, rng, 6000)]
+        return np.concatenate([v, [-0.0, np.inf, -np.inf, np.nan]])
     x = _sample(fmt, rng, 4000)
     return np.concatenate([x, [0.0, -0.0, np.inf, -np.inf, np.nan, fmt.max, -fmt.max]])
 
@@ -249,8 +264,10 @@ def _round_inputs(fmt: Format, rng: np.random.Generator) -> np.ndarray:
     """Midpoints of neighbours and their float64 neighbours, values, overflow and underflow."""
     if fmt.bits <= 16:
         v = _finite_sorted(fmt)
+        keep = _dense_ends(v.size - 1, rng, 6000)
+        v = np.unique(np.concatenate([v[keep], v[keep + 1]]))  # pairs of neighbours
     else:
-        v = np.abs(_sample(fmt, rng, 20000)).astype(np.float32)
+        v = np.abs(_sample(fmt, rng, 4000)).astype(np.float32)
         v = v[np.isfinite(v) & (v < fmt.max)]
         v = np.concatenate([v, np.nextafter(v, np.float32(np.inf))]).astype(np.float64)
         v = v[np.isfinite(v) & (v <= fmt.max)]
