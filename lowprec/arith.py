@@ -120,7 +120,7 @@ def _fix(out: F64, bad: NDArray[np.bool_], exact: Callable[..., Fraction | float
     for i in np.flatnonzero(bad):
         v = exact(*(float(a[i]) for a in cols))
         if not isinstance(v, float) and v == 0:
-            v = float(zeros[i])
+            v = round_fraction(float(zeros[i]), fmt, mode)
         flat[i] = v if isinstance(v, float) else round_fraction(v, fmt, mode)
     return flat.reshape(shape)
 

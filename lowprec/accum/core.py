@@ -953,7 +953,8 @@ class Chunked(AccumModel):
 
     ``acc = c`` (without c: from the first chunk, see the module docstring); for each chunk,
     ``acc = round_fmt(acc + inner(chunk))``: the partial result of the inner unit is promoted
-    and added with one rounding. DeepSeek-V3's FP8 recipe is ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
+    and added with one rounding. DeepSeek-V3's FP8 recipe is
+    ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
 
     Attributes:
         fmt: Format of the outer accumulator.

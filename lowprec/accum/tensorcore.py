@@ -20,6 +20,14 @@ MATLAB-tensor-core; Xie et al., "MMA-Sim", arXiv 2511.10909):
    fp16 output), and c's exponent is floored at the accumulator's emin;
 5. a longer K is chained block by block through c, the last block holding the remainder.
 
+Signed zeros. A tensor core is not an IEEE adder, and these models do not apply IEEE 754-2019
+§6.3: a block sum that is zero (exact cancellation, every term a zero of either sign, or
+nonzero terms truncated away below the alignment exponent) is +0 whatever the signs of its
+terms and of c. That is what MMA-Sim 2.1.1 gives on the same inputs for the Volta, Ampere and
+Hopper fp16/bf16 units (measured in ``tests/test_ieee_zero.py``, where ``mmasim`` is
+installed); the recorded hardware vectors
+(``tests/data/hw``, from Khattak & Mikaitis) hold no zero result, so they do not decide it.
+
 :data:`TENSOR_CORES` holds the presets by name (``"<arch>-<in>-<out>"``) and
 :func:`tensor_core_preset` maps GPU names (V100, A100, L40S, RTX 4090, H100, B200, ...) to them.
 """
