@@ -47,8 +47,9 @@ of the output format, and neither side is nearer fp64 (the captured value is the
 of them). Measured on ``sdpa_default_bf16_normal`` (AVX2 capture): no choice of the
 order of the fp32 sums (round-once, sequential, pairwise, 2-16 interleaved lanes, for the score,
 PV and row-sum products), of divide versus reciprocal, or of the key block (128-1024) moves the
-bit-identical fraction (0.891); the operation the model lacks is not yet identified. So the flash targets are the error statistics. The math
-backend is bit-identical except where large logits make dS cancel (dq, dk of ``large_logits``).
+bit-identical fraction (0.891); the operation the model lacks is not yet identified. So the
+flash targets are the error statistics. The math backend is bit-identical except where large
+logits make dS cancel (dq, dk of ``large_logits``).
 """
 
 from __future__ import annotations
