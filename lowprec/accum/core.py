@@ -601,16 +601,13 @@ def _fix_flat(
         _fix_elements(res, mask.reshape(res.shape), a, b, c, fmt, mode)
 
 
-def _signed_zeros(
-    res: F64, pr: _Prep, a: F64, b: F64, c: F64 | None, fmt: Format, mode: Rounding
-) -> F64:
+def _signed_zeros(res: F64, pr: _Prep, fmt: Format, mode: Rounding) -> F64:
     """``res`` with every exact zero sum given its IEEE 754-2019 §6.3 sign (module docstring).
 
     A zero of ``res`` is an exact zero sum when the exact path finds the sum zero; its sign
     is then -0 iff (``down``) any term or (other modes) every term, of at least one, has its
-    sign bit set. A zero product's sign bit is the exclusive or of its factors', so the count
-    of negative-signed products is ``sa @ (1 - sb) + (1 - sa) @ sb`` over the sign bits (exact
-    small integers in float64). Zeros that are rounded nonzero sums keep their sign.
+    sign bit set; a product's sign bit is the exclusive or of its factors'. Zeros that are
+    rounded nonzero sums keep their sign.
     """
     flat = res.reshape(-1)
     idx = np.flatnonzero(flat == 0)
@@ -620,13 +617,17 @@ def _signed_zeros(
     idx = idx[status == 1]
     if idx.size == 0:
         return res
-    sa = np.signbit(a).astype(np.float64)  # (..., M, K)
-    sb = np.signbit(b).astype(np.float64)  # (..., K, N)
-    neg_prods = np.matmul(sa, 1.0 - sb) + np.matmul(1.0 - sa, sb)  # (..., M, N)
-    neg = np.broadcast_to(neg_prods, pr.shape).reshape(-1)[idx]
-    terms = a.shape[-1]
-    if c is not None:
-        neg = neg + np.signbit(np.broadcast_to(c, pr.shape)).reshape(-1)[idx]
+    k = pr.a.shape[-1]
+    neg = np.empty(idx.size, dtype=np.int64)
+    step = max(1, (1 << 22) // max(k, 1))  # elements per chunk: at most ~4M sign bits at once
+    for q in range(0, idx.size, step):
+        bi, i, j = np.unravel_index(idx[q : q + step], pr.s.shape)
+        sa = np.signbit(pr.a[pr.ia[bi], i])  # (chunk, K)
+        sb = np.signbit(pr.bt[pr.ib[bi], j])  # (chunk, K)
+        neg[q : q + step] = np.count_nonzero(sa ^ sb, axis=-1)
+    terms = k
+    if pr.c.size:
+        neg += np.signbit(pr.c.reshape(-1)[idx])
         terms += 1
     negative = (neg > 0) if mode is Rounding.DOWN else (neg == terms) & (terms > 0)
     flat[idx] = np.where(negative & fmt.negative_zero, -0.0, 0.0)
@@ -660,7 +661,7 @@ def _round_once(
         _decide(pr, t, False, rargs, out, flag)
         count = int(np.count_nonzero(flag))
         if count == 0:
-            return _signed_zeros(out.view(np.float64).reshape(pr.shape), pr, a, b, c, fmt, mode)
+            return _signed_zeros(out.view(np.float64).reshape(pr.shape), pr, fmt, mode)
         # many elements left: one BLAS product for sum |a_k b_k|; few: recompute each
         if count * 16 > flag.size:
             with np.errstate(all="ignore"):
@@ -672,7 +673,7 @@ def _round_once(
     res = out.view(np.float64).reshape(pr.shape)
     idx = np.flatnonzero(flag)
     if idx.size == 0:
-        return _signed_zeros(res, pr, a, b, c, fmt, mode)
+        return _signed_zeros(res, pr, fmt, mode)
     fine = _finite_at(pr, idx)
     if fmt.man_bits > 50 or fmt.emin - fmt.man_bits - 2 < -1074:
         fine[:] = False  # round to odd two bits below the quantum does not fit float64
@@ -682,7 +683,7 @@ def _round_once(
     flat[idx[fine]] = np.where(status == 1, 0.0, rounded)
     slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
     _fix_flat(res, slow, a, b, c, fmt, mode)
-    return _signed_zeros(res, pr, a, b, c, fmt, mode)
+    return _signed_zeros(res, pr, fmt, mode)
 
 
 # ---- exact: error-free matrix product ------------------------------------------------------
@@ -720,13 +721,13 @@ def _exact64(a: F64, b: F64, c: F64 | None) -> F64:
         undecided = _ozaki(pr, a, b, c, res.reshape(-1), idx)
         idx = idx[undecided]
     if idx.size == 0:
-        return _signed_zeros(res, pr, a, b, c, fp64, Rounding.NEAREST_EVEN)
+        return _signed_zeros(res, pr, fp64, Rounding.NEAREST_EVEN)
     fine = _finite_at(pr, idx)
     vals, status = _exact_at(pr, idx[fine], 52, -1022, True)
     res.reshape(-1)[idx[fine]] = vals
     slow = np.concatenate([idx[~fine], idx[fine][status == 2]])
     _fix_flat(res, slow, a, b, c, fp64, Rounding.NEAREST_EVEN)
-    return _signed_zeros(res, pr, a, b, c, fp64, Rounding.NEAREST_EVEN)
+    return _signed_zeros(res, pr, fp64, Rounding.NEAREST_EVEN)
 
 
 def _ozaki(
