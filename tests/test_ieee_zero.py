@@ -262,3 +262,27 @@ def test_tensor_core_zero_signs_agree_with_mmasim(cls, arch, shape_and_type, pre
     same = same_bits(got, want)
     assert same.all(), (np.flatnonzero(~same), got[~same], want[~same])
     assert np.count_nonzero(got == 0) >= 6  # the rows do reach zero results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wide_range_cancellations_take_the_rule(rng, mode):
+    """Sums over 2**120 of range that cancel exactly: no certificate holds, so Exact takes the
+    error-free splitting and RoundOnce the interval and exact paths before the zero rule."""
+    m, n = 40, 36
+    big = rng.integers(1, 2**20, (m, 1)) * 2.0**60
+    small = rng.integers(1, 2**20, (m, 1)) * 2.0**-60
+    a = np.hstack([big, -big, small, -small])  # (M, 4)
+    b = np.ones((4, n))
+    b[:, ::3] = [[1.0], [1.0], [1.0], [-1.0]]  # every third column: 2 * small, not zero
+    models = [RoundOnce("fp32", mode)] + ([Exact()] if mode == "rne" else [])
+    for model in models:
+        got = matmul(a, b, accum=model)
+        fmt = get_format(getattr(model, "fmt", "fp64")).name
+        want = np.array(
+            [
+                [_want(list(a[i]), list(b[:, j]), None, fmt, mode) for j in range(n)]
+                for i in range(m)
+            ]
+        )
+        assert same_bits(got, want).all(), (model, np.argwhere(~same_bits(got, want))[:4])
+        assert np.count_nonzero(want == 0) > m * n // 2
