@@ -72,9 +72,9 @@ is zero (terms of opposite signs cancel, or every term is zero) is, in every mod
 cores, the zero §6.3 gives a chain of IEEE additions of the terms:
 
 - rounding ``down`` (roundTowardNegative): -0, unless every term is +0 (then +0);
-- every other mode (``rne``, ``rna``, ``rtz``, ``up``, and, by our choice, ``odd``, whose
-  grid is the nearest-like one of its wider intermediate): +0, unless every term is -0 (then
-  -0). Stochastic rounding is not a mode of these models; where lowprec rounds stochastically
+- every other mode (``rne``, ``rna``, ``rtz``, ``up``, and, by our choice, ``odd``, which
+  IEEE 754 does not name): +0, unless every term is -0 (then -0). Stochastic rounding is
+  not a mode of these models; where lowprec rounds stochastically
   (:func:`lowprec.rounding.round_to`) a zero input keeps its sign.
 
 Each addition of :class:`Sequential`, :class:`Pairwise` and :class:`Chunked` follows the
