@@ -10,7 +10,9 @@ of its instruction is compiled for the architecture's sm_XX and disassembled:
   sequence it models: F2FP unpacks fp8 -> fp16, HMMA #1 on the low halves (bytes 0, 1 of each
   32-bit register: k mod 4 in {0, 1}) with accumulator RZ, HMMA #2 on the high halves (.H1:
   k mod 4 in {2, 3}) accumulating onto #1's result, then c added by FADD (fp32) or HADD2 (fp16)
-  to #2's result.
+  to #2's result;
+- a ``wgmma`` preset (sm_90a) must be one native HGMMA/QGMMA: Hopper's fp8 wgmma has a unit of
+  its own, unlike its fp8 mma.sync. (tcgen05.mma needs tensor-memory set-up and is not checked.)
 """
 
 from __future__ import annotations
@@ -136,3 +138,56 @@ def test_sass_has_the_structure_the_preset_assumes(tmp_path, name):
     assert [op for op, _ in adds] == [want_add] * lanes, adds
     for j, (_, ops) in enumerate(adds):
         assert _reg(d2, j) in ops[1:], (adds, "c must be added to HMMA #2's result")
+
+
+def _wgmma_ptx(ab: str, out: str) -> str:
+    """A kernel doing one wgmma.mma_async m64n8k<K> from shared-memory descriptors (sm_90a)."""
+    k = SHAPE[ab][0]
+    nd = 4 if out == "f32" else 2
+    dreg = ".f32" if out == "f32" else ".b32"
+    d = ", ".join(f"d{i}" for i in range(nd))
+    trans = ", 0, 0" if ab in ("f16", "bf16") else ""  # imm-trans-a, -b: 16-bit inputs only
+    return f"""
+.version 8.7
+.target sm_90a
+.address_size 64
+.visible .entry k(.param .u64 p, .param .u64 da, .param .u64 db)
+{{
+  .reg {dreg} d<{nd}>;
+  .reg .b64 ptr, descA, descB;
+  .reg .pred sc;
+  ld.param.u64 ptr, [p];
+  ld.param.u64 descA, [da];
+  ld.param.u64 descB, [db];
+  ld.global.v{nd}{dreg} {{{d}}}, [ptr];
+  setp.ne.u64 sc, ptr, 0;
+  wgmma.fence.sync.aligned;
+  wgmma.mma_async.sync.aligned.m64n8k{k}.{out}.{ab}.{ab} {{{d}}}, descA, descB, sc, 1, 1{trans};
+  wgmma.commit_group.sync.aligned;
+  wgmma.wait_group.sync.aligned 0;
+  st.global.v{nd}{dreg} [ptr], {{{d}}};
+  ret;
+}}
+"""
+
+
+WGMMA = sorted(name for name, p in PRESETS.items() if p.instruction == "wgmma")
+
+
+@pytest.mark.parametrize("name", WGMMA)
+def test_wgmma_is_one_native_instruction(tmp_path, name):
+    # Hopper's fp8 path is wgmma's own unit (QGMMA), not the HMMA split of fp8 mma.sync
+    _, _, ab, out = name.split("-")
+    ab, out = PTX_TYPE[ab], {"fp32": "f32", "fp16": "f16"}[out]
+    ptx, cubin = tmp_path / "w.ptx", tmp_path / "w.cubin"
+    ptx.write_text(_wgmma_ptx(ab, out))
+    assert PTXAS and NVDISASM
+    subprocess.run([PTXAS, "-arch=sm_90a", str(ptx), "-o", str(cubin)], check=True)
+    text = subprocess.run([NVDISASM, str(cubin)], check=True, capture_output=True, text=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]+\*/\s+([A-Z0-9_.x]+)", text)
+    gmma = [op for op in ops if "GMMA" in op]
+    assert len(gmma) == 1 and gmma[0].startswith(("HGMMA", "QGMMA")), ops
+    assert f".{out.upper()}" in gmma[0], gmma
+    if ab in ("e4m3", "e5m2"):
+        assert gmma[0].startswith("QGMMA") and ab.upper() in gmma[0], gmma
+    assert not [op for op in ops if op.startswith(("F2FP", "HMMA", "FADD", "HADD2"))], ops
