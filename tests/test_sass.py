@@ -103,7 +103,8 @@ MMA_SYNC = sorted(name for name, p in PRESETS.items() if p.instruction == "mma.s
 def test_sass_has_the_structure_the_preset_assumes(tmp_path, name):
     arch, _, ab, out = name.split("-")
     if arch == "volta":
-        pytest.skip("Volta's mma.sync is m8n8k4 (HMMA.884 steps); its model is Fasi et al.'s")
+        # measured with nvidia-cuda-nvdisasm 13.5: 'CUDA architecture "SM70" is deprecated'
+        pytest.skip("nvdisasm 13.x no longer disassembles sm_70 (Volta's m8n8k4 not checked)")
     ab, out = PTX_TYPE[ab], {"fp32": "f32", "fp16": "f16"}[out]
     sass = _sass(tmp_path, SM[arch], ab, out)
     mma = [(i, ops) for i, (op, ops) in enumerate(sass) if re.match(r"[HQ]MMA", op)]
