@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -339,7 +340,10 @@ def _hmma_splits(units: dict[str, TensorCore]) -> list[HmmaSplit]:
     ]
 
 
-class PresetTable(dict):
+_M = TypeVar("_M", bound=AccumModel)
+
+
+class PresetTable(dict[str, _M]):
     """Presets by name, ``"<arch>-<instruction>-<in>-<out>"``; the names of earlier releases,
     ``"<arch>-<in>-<out>"``, are aliases (:attr:`aliases`) of the instruction a library runs on
     that architecture (mma.sync up to Ada, wgmma on Hopper, tcgen05.mma on Blackwell).
@@ -348,11 +352,11 @@ class PresetTable(dict):
     an alias.
     """
 
-    def __init__(self, presets: dict[str, AccumModel], aliases: dict[str, str]) -> None:
+    def __init__(self, presets: dict[str, _M], aliases: dict[str, str]) -> None:
         super().__init__(presets)
         self.aliases = dict(aliases)
 
-    def __missing__(self, key: str) -> AccumModel:
+    def __missing__(self, key: str) -> _M:
         if key in self.aliases:
             return self[self.aliases[key]]
         raise KeyError(key)
@@ -360,7 +364,7 @@ class PresetTable(dict):
     def __contains__(self, key: object) -> bool:
         return super().__contains__(key) or key in self.aliases
 
-    def get(self, key: str, default: object = None) -> object:
+    def get(self, key: str, default: Any = None) -> Any:
         """The preset of a name or alias, else ``default``."""
         return self[key] if key in self else default
 
@@ -377,14 +381,14 @@ def _aliases(names: list[str]) -> dict[str, str]:
 _UNITS = {t.name: t for t in _units()}
 _SPLITS = {s.name: s for s in _hmma_splits(_UNITS)}
 
-TENSOR_CORES: dict[str, TensorCore] = PresetTable(_UNITS, _aliases(list(_UNITS)))  # type: ignore[arg-type]
+TENSOR_CORES: PresetTable[TensorCore] = PresetTable(_UNITS, _aliases(list(_UNITS)))
 """Every single-unit preset (one fused block per instruction) by name, e.g.
 ``"hopper-wgmma-e4m3-fp32"``; old names such as ``"hopper-e4m3-fp32"`` are aliases."""
 
 HMMA_SPLITS: dict[str, HmmaSplit] = dict(_SPLITS)
 """fp8 ``mma.sync`` on Hopper and Blackwell, lowered to two fp16 HMMAs (:class:`HmmaSplit`)."""
 
-PRESETS: dict[str, TensorCore | HmmaSplit] = PresetTable(
+PRESETS: PresetTable[TensorCore | HmmaSplit] = PresetTable(
     {**_UNITS, **_SPLITS}, _aliases(list(_UNITS))
 )
 """Every preset, :data:`TENSOR_CORES` and :data:`HMMA_SPLITS`, by name or alias."""
