@@ -36,7 +36,7 @@ def test_fixture_holds_every_recorded_case(outcomes):
 
 def test_every_row_of_every_case_is_bit_exact_with_the_recordings_addend(outcomes):
     for o in outcomes:
-        assert o.passed and o.worst_ulps == 0.0, o
+        assert o.passed and o.worst_ulps == 0.0 and o.reproduced == o.rows, o
         assert o.instruction and o.why and o.preset.split("-")[1] == o.instruction, o
         if (o.gpu, o.fmt, o.out) == ("H100", "E4M3", "fp32"):
             # wgmma with a zero accumulator: reproduced with c = 0, and said so

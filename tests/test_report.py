@@ -283,7 +283,7 @@ def test_hardware_page_states_the_mismatches(tmp_path: Path) -> None:
     folder = rp.write_hardware_report(data, tmp_path / "out", src)
     md = (folder / "report.md").read_text()
     for o in expected:
-        assert f"| {o.gpu} | {o.fmt} | {o.out} | {o.preset} | {o.exact}/{o.rows} |" in md
+        assert f"| {o.gpu} | {o.fmt} | {o.out} | {o.preset} | {o.reproduced}/{o.rows} |" in md
     c0 = [o for o in expected if o.passed and not o.c_applied]
     bad = [o for o in expected if not o.passed]
     assert c0 and bad  # H100 E4M3 fp32: wgmma with C = 0; the tampered A100 fp16 fails
