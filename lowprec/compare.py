@@ -21,8 +21,9 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
 * **torch CPU, matmul otherwise** (fp16 without AVX512-FP16, or ``M*N*K <= 16**3``): ATen's own
   loop (``aten/src/ATen/native/cpu/BlasKernel.cpp``, ``sum``): four interleaved fp32
   accumulators, the tail into the first, summed in order at the end (:class:`Interleaved`).
-* **CUDA matmul / scaled_mm**: the tensor-core preset of the GPU
-  (:func:`lowprec.accum.tensorcore.tensor_core_preset`); cuBLAS may split K, which the model does
+* **CUDA matmul / scaled_mm**: the tensor-core preset of the instruction cuBLAS runs on the GPU
+  (:func:`lowprec.accum.tensorcore.tensor_core_preset` with its default instruction: mma.sync
+  up to Ada, wgmma on Hopper, tcgen05.mma on Blackwell); cuBLAS may split K, which the model does
   not know, so bit-exactness is expected only for single-block K.
 * **torch CPU flash attention** (``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``): key
   blocks of 512 (kvSplitSize); S = q k^T in fp32 through the matmul model above, scaled in fp32;
@@ -34,7 +35,7 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
   the kernel adds each block's fp32 product into the bf16/fp16 gradient tensor.
 * **torch math SDPA**: fp32 maths on upcast inputs (:func:`lowprec.kernels.policy.torch_math`).
 * **CUDA flash / efficient**: FlashAttention-2 blocked with 128-key blocks (64 for efficient),
-  every product on the GPU's tensor-core model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
+  every product on the GPU's mma.sync model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
   ``fa2_bf16`` / ``fa2_fp16`` for a GPU without one).
 
 Known deviations the models keep: torch CPU flash attention's P-bar takes ATen's vector
@@ -132,11 +133,13 @@ def matmul_model(case: Case, facts: dict[str, Any], *, mixed_out: bool = False) 
     m, k, n = case.shape
     fmt = get_format(case.dtype)
     if facts.get("kind") == "cuda":
-        from lowprec.accum.tensorcore import tensor_core_preset
+        from lowprec.accum.tensorcore import library_instruction, tensor_core_preset
 
         gpu = gpu_key(str(facts.get("gpu_name", "")))
         try:
-            return tensor_core_preset(gpu, fmt, "fp32"), f"tensor_core_preset({gpu!r}, {fmt.name})"
+            tc = tensor_core_preset(gpu, fmt, "fp32")
+            why = library_instruction(gpu)[1]
+            return tc, f"tensor_core_preset({gpu!r}, {fmt.name}) = {tc.name} ({why})"
         except LowprecError as exc:
             return RoundOnce(fp32), f"RoundOnce(fp32) (no tensor-core preset: {exc})"
     if case.op == "scaled_mm":

@@ -6,11 +6,15 @@ of NVIDIA Tensor Cores", ACM TACO, arXiv 2512.07004; ../shared/hw-vectors):
 (a, b: K hex float32 bit patterns; c, d: 32 binary digits of a float32), or holds the compact
 ``<GPU>_<fmt>.npz`` fixtures that ``tools/make_hw_fixture.py`` writes from it.
 
-For every GPU, input format and recorded output format it runs the matching preset
-(:func:`lowprec.accum.tensorcore.tensor_core_preset`, GPU read from the folder name) on every
-row and reports how many results it reproduces bit for bit and the worst mismatch in ulps of the
-output format. When a case is reproduced only with the addend taken as 0 it says so (the H100
-E4M3 recording did not apply its c file) and counts it as reproduced: the model is not bent.
+For every GPU, input format and recorded output format it names the instruction the recording
+came from, and why (:func:`recording_instruction`: the source's CUDA kernels are wmma and
+``mma.sync.m16n8k32``; its H100/H200 fp8 -> fp32 files are wgmma results with a zero
+accumulator), runs that instruction's preset (:func:`lowprec.accum.tensorcore.tensor_core_preset`,
+GPU read from the folder name) on every row, with the recorded c where the recording applied it
+and with c = 0 where it did not, and reports how many results it reproduces bit for bit and the
+worst mismatch in ulps of the output format. A case passes only when every row is reproduced
+with the addend the recording used: "reproduced only with c = 0" is a failure unless the
+recording is a wgmma one with C = 0, and the output says which it is.
 Exit status: 0 when every row of every case is reproduced, 1 otherwise (a GPU or format with
 no preset counts as a failure), 2 when DIR cannot be read.
 """
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lowprec.accum import RoundOnce, matmul
-from lowprec.accum.tensorcore import tensor_core_preset
+from lowprec.accum.tensorcore import gpu_arch, tensor_core_preset
 from lowprec.errors import LowprecError
 from lowprec.formats import fp16, fp32, get_format
 from lowprec.rounding import ulp
@@ -64,15 +68,54 @@ class Outcome:
     # (RoundOnce of the output format), with the recorded c and with c = 0
     round_once: tuple[int, float] | None = None
     round_once_c0: tuple[int, float] | None = None
+    # the instruction the recording came from, why, and whether it applied the recorded c
+    instruction: str = ""
+    why: str = ""
+    c_applied: bool = True
+
+    @property
+    def reproduced(self) -> int:
+        """Rows reproduced with the addend the recording used (c, or 0 for wgmma C = 0)."""
+        return self.exact if self.c_applied else self.exact_c0
 
     @property
     def passed(self) -> bool:
-        """Every row reproduced (with the recorded c, or with c = 0 where it was not applied)."""
+        """Every row reproduced with the addend the recording used (c, or 0 for wgmma C = 0)."""
+        return self.preset is not None and self.rows > 0 and self.reproduced == self.rows
+
+
+_FP8 = ("e4m3", "e5m2", "fp8_e4m3fn", "fp8_e5m2")
+
+
+def recording_instruction(gpu: str, fmt: str, out: str) -> tuple[str, bool, str]:
+    """The instruction a recorded case of the Khattak & Mikaitis vectors came from.
+
+    Args:
+        gpu: GPU name as in the folder (``"H100"``).
+        fmt: Input format as in the folder (``"E4M3"``, ``"bf16"``).
+        out: Recorded output format (``"fp32"`` or ``"fp16"``).
+
+    Returns:
+        (instruction, whether the recording applied its c file, why).
+
+    Raises:
+        LowprecError: If the GPU is not known.
+    """
+    if gpu_arch(gpu) == "hopper" and fmt.lower() in _FP8 and out == "fp32":
         return (
-            self.preset is not None
-            and self.rows > 0
-            and (self.exact == self.rows or self.exact_c0 == self.rows)
+            "wgmma",
+            False,
+            "H100/H200 fp8 -> fp32: a wgmma recording with C = 0 (the source's "
+            "Validate_TC_models.m: 'D is zero for fp8 with WGMMA'; the H100 and H200 d files "
+            "are byte-identical while their c files differ)",
         )
+    if fmt.lower() in _FP8:
+        return "mma.sync", True, "the source's mma.sync.m16n8k32 kernel (model_validation/CUDA)"
+    return (
+        "mma.sync",
+        True,
+        "the source's wmma kernel (model_validation/CUDA), compiled to the HMMA of mma.sync",
+    )
 
 
 def _hex_rows(path: Path) -> Any:
@@ -189,7 +232,8 @@ def check_case(case: Case) -> list[Outcome]:
         if rec is None:
             continue
         try:
-            tc = tensor_core_preset(case.gpu, get_format(case.fmt), out_fmt)
+            instruction, c_applied, why = recording_instruction(case.gpu, case.fmt, out_name)
+            tc = tensor_core_preset(case.gpu, get_format(case.fmt), out_fmt, instruction)
         except LowprecError as exc:
             outcomes.append(
                 Outcome(
@@ -209,25 +253,26 @@ def check_case(case: Case) -> list[Outcome]:
         d0 = matmul(a[:, None, :], b[:, :, None], accum=tc)[:, 0, 0]
         same, same0 = same_bits(d, rec), same_bits(d0, rec)
         n, n0 = int(same.sum()), int(same0.sum())
-        note = ""
-        if n < rows and n0 == rows:
-            note = "reproduced only with c = 0: the recorded c was not applied in this recording"
-            worst = _ulps(d0, rec, out_fmt)
-        else:
-            worst = _ulps(d, rec, out_fmt)
-            if n < rows:
-                note = "MISMATCH"
+        hit = n if c_applied else n0
+        worst = _ulps(d if c_applied else d0, rec, out_fmt)
+        note = "" if c_applied else "wgmma recording with C = 0: c not applied, by design"
+        if hit < rows:
+            note = "MISMATCH" + (
+                "; reproduced only with c = 0, but this recording applied c"
+                if c_applied and n0 == rows
+                else ""
+            )
         ro = ro0 = None
-        if n < rows and n0 < rows:
-            # no preset reading fits: does any correctly rounded sum reproduce the recording?
+        if hit < rows:
+            # the preset does not fit: does any correctly rounded sum reproduce the recording?
             ideal = RoundOnce(out_fmt)
             dr = matmul(a[:, None, :], b[:, :, None], accum=ideal, c=c[:, None, None])[:, 0, 0]
             dr0 = matmul(a[:, None, :], b[:, :, None], accum=ideal)[:, 0, 0]
             ro = (int(same_bits(dr, rec).sum()), _ulps(dr, rec, out_fmt))
             ro0 = (int(same_bits(dr0, rec).sum()), _ulps(dr0, rec, out_fmt))
-        outcomes.append(
-            Outcome(case.gpu, case.fmt, out_name, tc.name, rows, n, n0, worst, note, ro, ro0)
-        )
+        got = Outcome(case.gpu, case.fmt, out_name, tc.name, rows, n, n0, worst, note, ro, ro0)
+        got.instruction, got.why, got.c_applied = instruction, why, c_applied
+        outcomes.append(got)
     return outcomes
 
 
@@ -247,16 +292,23 @@ def _cmd(args: argparse.Namespace) -> int:
     except HwReadError as exc:
         print(f"lowprec hw-check: error: {exc}")
         return 2
+    # bit-exact: with the addend the recording used (c applied: yes -> its c, no -> 0);
+    # other c: the same preset with the other addend, for comparison
     print(
-        f"{'GPU':6} {'input':6} {'out':5} {'preset':18} {'bit-exact':>15} {'c=0':>11} "
-        f"{'worst ulps':>10}  note"
+        f"{'GPU':6} {'input':6} {'out':5} {'instruction':11} {'preset':28} {'c applied':9} "
+        f"{'bit-exact':>15} {'other c':>11} {'worst ulps':>10}  note"
     )
     for o in outcomes:
+        other = o.exact_c0 if o.c_applied else o.exact
         print(
-            f"{o.gpu:6} {o.fmt:6} {o.out:5} {o.preset or '-':18} "
-            f"{o.exact:>6}/{o.rows:<6} {100 * o.exact / max(o.rows, 1):5.1f}% "
-            f"{o.exact_c0:>5}/{o.rows:<5} {o.worst_ulps:10.4g}  {o.note}"
+            f"{o.gpu:6} {o.fmt:6} {o.out:5} {o.instruction or '-':11} {o.preset or '-':28} "
+            f"{'yes' if o.c_applied else 'no (C=0)':9} "
+            f"{o.reproduced:>6}/{o.rows:<6} {100 * o.reproduced / max(o.rows, 1):5.1f}% "
+            f"{other:>5}/{o.rows:<5} {o.worst_ulps:10.4g}  {o.note}"
         )
+    for o in outcomes:
+        if o.why:
+            print(f"{o.gpu} {o.fmt} -> {o.out}: {o.instruction}: {o.why}")
     good = sum(o.passed for o in outcomes)
     print(
         f"{good}/{len(outcomes)} cases reproduced bit for bit: {'PASS' if status == 0 else 'FAIL'}"

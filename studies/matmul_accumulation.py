@@ -60,7 +60,9 @@ def _models(in_fmt: str, promote: int) -> list[tuple[str, str, Any]]:
     for name, tc in TENSOR_CORES.items():
         if tc.in_fmt == fmt and tc.out_fmt == fp32:
             key = tuple(getattr(tc, f.name) for f in fields(tc) if f.name != "name")
-            groups.setdefault(key, []).append(name.split("-")[0])
+            archs = groups.setdefault(key, [])
+            if name.split("-")[0] not in archs:  # one arch, several instructions: one label
+                archs.append(name.split("-")[0])
             units.setdefault(key, tc)
     for key, archs in groups.items():
         tc = units[key]

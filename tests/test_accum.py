@@ -372,7 +372,7 @@ def test_gpu_names_map_to_architectures():
     for g in ("H100", "H200", "H100-SXM"):
         assert gpu_arch(g) == "hopper"
     assert gpu_arch("B200") == "blackwell"
-    assert tensor_core_preset("H100", "e4m3").name == "hopper-e4m3-fp32"
+    assert tensor_core_preset("H100", "e4m3").name == "hopper-wgmma-e4m3-fp32"
     assert tensor_core_preset("RTX 4090", "fp16", "fp16").block == 8
     with pytest.raises(LowprecError, match="no tensor-core preset"):
         tensor_core_preset("V100", "bf16")

@@ -150,7 +150,7 @@ def test_preset_within_budget_of_naive_same_precision(rng, name, kernel, baselin
 @pytest.mark.parametrize(("name", "gpu"), [("fa2_bf16_a100", "A100"), ("fa2_bf16_h100", "H100")])
 def test_tensor_core_presets_run_every_product_on_the_gpus_model(rng, name, gpu):
     pol = AttentionPolicy.preset(name)
-    tc = tensor_core_preset(gpu, "bf16", "fp32")
+    tc = tensor_core_preset(gpu, "bf16", "fp32", instruction="mma.sync")  # FA2 is mma.sync
     assert pol.scores_accum == pol.pv_accum == pol.dp_accum == pol.grad_accum == tc
     base = AttentionPolicy.preset("fa2_bf16")
     same = {"name", "scores_accum", "pv_accum", "dp_accum", "grad_accum"}

@@ -87,8 +87,9 @@ def test_model_choice_follows_the_device() -> None:
     assert attention_model(sdpa, "flash", cpu).q_split == 64
     assert attention_model(sdpa, "flash", gpu).policy.name == "fa2_bf16_h100"
     assert attention_model(sdpa, "efficient", gpu).policy.pv_accum == tensor_core_preset(
-        "H100", "bf16"
+        "H100", "bf16", instruction="mma.sync"
     )
+    assert "hopper-wgmma-bf16-fp32" in matmul_model(big, gpu)[1]
     unknown = attention_model(sdpa, "flash", {"kind": "cuda", "gpu_name": "NVIDIA Z80"})
     assert unknown.policy.name == "fa2_bf16" and "no tensor-core model" in unknown.description
     assert attention_model(sdpa, "math", gpu).policy.out_fmt == bf16

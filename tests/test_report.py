@@ -274,17 +274,22 @@ def test_hardware_page_states_the_mismatches(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("H100_E4M3.npz", "V100_fp16.npz"):
         (src / name).write_bytes((HW / name).read_bytes())
+    with np.load(HW / "A100_fp16.npz") as z:  # a tampered recording: no model reproduces it
+        tampered = {k: z[k] for k in z.files}
+    tampered["d_fp16"] = tampered["d_fp16"] ^ np.uint32(1 << 20)  # a bit of the fp16 fraction
+    np.savez(src / "A100_fp16.npz", **tampered)
     expected = [o for c in hwcheck.load_cases(src) for o in hwcheck.check_case(c)]
     data = rp.hardware_data(src)
     folder = rp.write_hardware_report(data, tmp_path / "out", src)
     md = (folder / "report.md").read_text()
     for o in expected:
-        assert f"| {o.gpu} | {o.fmt} | {o.out} | {o.preset} | {o.exact}/{o.rows} |" in md
-    c0 = [o for o in expected if o.passed and o.exact < o.rows]
+        assert f"| {o.gpu} | {o.fmt} | {o.out} | {o.preset} | {o.reproduced}/{o.rows} |" in md
+    c0 = [o for o in expected if o.passed and not o.c_applied]
     bad = [o for o in expected if not o.passed]
-    assert c0 and bad  # H100 E4M3: fp32 only with c = 0, fp16 reproduced by no model
+    assert c0 and bad  # H100 E4M3 fp32: wgmma with C = 0; the tampered A100 fp16 fails
     assert f"{c0[0].gpu} {c0[0].fmt}, {c0[0].out} output" in md
-    assert "the recording's c was not applied" in md
+    assert "a wgmma recording with C = 0, the recorded c was not applied" in md
+    assert "H100 E4M3 -> fp16: mma.sync, c applied" in md
     assert f"{bad[0].gpu} {bad[0].fmt}, {bad[0].out} output: NOT reproduced by any model" in md
     assert "RoundOnce(fp16)) matches" in md
     good = sum(o.passed for o in expected)

@@ -461,14 +461,15 @@ def fa2_fp16() -> AttentionPolicy:
 def fa2_on_tensor_cores(gpu: str, fmt: Format | str = "bf16") -> AttentionPolicy:
     """:func:`fa2_bf16` (or its fp16 twin) with every matrix product on ``gpu``'s tensor cores.
 
-    The score, PV, dP and gradient products take the tensor-core model of
-    :func:`lowprec.accum.tensor_core_preset` (products exact, blocks of terms aligned and
-    truncated, fp32 accumulator rounded toward zero; Khattak & Mikaitis, arXiv 2512.07004;
-    Xie et al., MMA-Sim, arXiv 2511.10909) instead of the ideal once-rounded fp32 sum. The row
-    sums and D stay once-rounded fp32 sums (the kernel adds them with FADDs and warp shuffles,
-    whose order is not modelled), ``exp2f`` is the correctly rounded exp2 (not
-    ``ex2.approx``), and dQ accumulates across key blocks through the accumulator (FlashAttention-2
-    adds each block's dQ with an fp32 atomicAdd). Named ``fa2_<fmt>_<gpu>``.
+    The score, PV, dP and gradient products take the ``mma.sync`` model of
+    :func:`lowprec.accum.tensor_core_preset` (FlashAttention-2 is written with mma.sync m16n8k16
+    on every GPU, Hopper and Blackwell included; products exact, blocks of terms aligned and
+    truncated, fp32 accumulator rounded toward zero; Khattak & Mikaitis, arXiv 2512.07004; Xie
+    et al., MMA-Sim, arXiv 2511.10909) instead of the ideal once-rounded fp32 sum. The row sums
+    and D stay once-rounded fp32 sums (the kernel adds them with FADDs and warp shuffles, whose
+    order is not modelled), ``exp2f`` is the correctly rounded exp2 (not ``ex2.approx``), and dQ
+    accumulates across key blocks through the accumulator (FlashAttention-2 adds each block's dQ
+    with an fp32 atomicAdd). Named ``fa2_<fmt>_<gpu>``.
 
     Raises:
         LowprecError: If the GPU or format is unknown, the GPU predates FlashAttention-2
@@ -481,7 +482,7 @@ def fa2_on_tensor_cores(gpu: str, fmt: Format | str = "bf16") -> AttentionPolicy
         raise ConfigError(f"fmt={f.name}; FlashAttention-2 takes bf16 or fp16 inputs")
     if gpu_arch(gpu) == "volta":
         raise ConfigError(f"gpu={gpu!r}: FlashAttention-2 runs on Ampere or newer GPUs")
-    tc = tensor_core_preset(gpu, f, fp32)
+    tc = tensor_core_preset(gpu, f, fp32, instruction="mma.sync")
     key = "".join(c for c in str(gpu).lower() if c.isalnum())
     return _fa2(f"fa2_{f.name}_{key}", f).replace(
         scores_accum=tc, pv_accum=tc, dp_accum=tc, grad_accum=tc

@@ -21,7 +21,8 @@ def hardware_data(folder: str | Path = DEFAULT_HW_DIR) -> dict[str, Any]:
     """``lowprec hw-check`` of ``folder`` (:func:`lowprec.hwcheck.check_case`): one row per GPU,
     input and output format.
 
-    Where the matching preset does not reproduce every row (with the recorded c or with c = 0),
+    Each row names the instruction the recording came from, why, and whether it applied c.
+    Where the matching preset does not reproduce every row (with the recording's addend),
     the row also holds how the exactly rounded ``a . b + c`` fares (hw-check's ``round_once``,
     with the recorded c and with c = 0), so the page can say whether any model reproduces the
     recording.
@@ -42,9 +43,13 @@ def hardware_data(folder: str | Path = DEFAULT_HW_DIR) -> dict[str, Any]:
                 "rows": o.rows,
                 "exact": o.exact,
                 "exact_c0": o.exact_c0,
+                "reproduced": o.reproduced,
                 "worst_ulps": o.worst_ulps,
                 "note": o.note,
                 "passed": o.passed,
+                "instruction": o.instruction,
+                "why": o.why,
+                "c_applied": o.c_applied,
             }
             for key, got in (("round_once", o.round_once), ("round_once_c0", o.round_once_c0)):
                 if got is not None:
@@ -58,11 +63,11 @@ def _hw_note(r: dict[str, Any]) -> str | None:
     n = r["rows"]
     if r["preset"] is None:
         return f"{where}: no tensor-core preset ({r['note'].removeprefix('no preset: ')})."
-    if r["passed"] and r["exact"] < n:
+    if r["passed"] and not r.get("c_applied", True):
         return (
-            f"{where}: {r['preset']} reproduces {r['exact_c0']}/{n} rows bit for bit only with "
-            f"c = 0 ({r['exact']}/{n} with the recorded c): the recording's c was not applied. "
-            "Counted as reproduced; the model is not bent to fit."
+            f"{where}: {r['preset']} reproduces {r['exact_c0']}/{n} rows bit for bit with "
+            f"C = 0 ({r['exact']}/{n} with the recorded c): a {r['instruction']} recording with "
+            f"C = 0, the recorded c was not applied ({r['why']})."
         )
     if r["passed"]:
         return None
@@ -82,7 +87,7 @@ def _hw_note(r: dict[str, Any]) -> str | None:
 def hardware_summary(data: dict[str, Any]) -> dict[str, int]:
     """Rows of the hardware page reproduced (``passed``), of those only with c = 0, and total."""
     rows = data["rows"]
-    c0 = sum(1 for r in rows if r["passed"] and r["exact"] < r["rows"])
+    c0 = sum(1 for r in rows if r["passed"] and not r.get("c_applied", True))
     return {"passed": sum(bool(r["passed"]) for r in rows), "c0_only": c0, "total": len(rows)}
 
 
@@ -91,7 +96,9 @@ def hardware_blocks(data: dict[str, Any], command: str) -> list[Block]:
     s = hardware_summary(data)
     folder = data["folder"]
     table = Table(
-        "Per GPU, input format and output format: the matching preset on every recorded row",
+        "Per GPU, input format and output format: the preset of the recording's instruction on "
+        "every recorded row, with the addend the recording used (c, or 0 where c was not "
+        "applied) and with the other one",
         [
             "GPU",
             "input",
@@ -99,9 +106,11 @@ def hardware_blocks(data: dict[str, Any], command: str) -> list[Block]:
             "preset",
             "reproduced / rows",
             "reproduced (%)",
-            "with c = 0",
+            "with the other c",
             "worst mismatch (ulps)",
             "verdict",
+            "instruction",
+            "c applied",
             "note",
         ],
         [
@@ -110,11 +119,13 @@ def hardware_blocks(data: dict[str, Any], command: str) -> list[Block]:
                 r["fmt"],
                 r["out"],
                 r["preset"] or "-",
-                f"{r['exact']}/{r['rows']}",
-                f"{100 * r['exact'] / max(r['rows'], 1):.1f}",
-                f"{r['exact_c0']}/{r['rows']}",
+                f"{r['reproduced']}/{r['rows']}",
+                f"{100 * r['reproduced'] / max(r['rows'], 1):.1f}",
+                f"{r['exact_c0'] if r['c_applied'] else r['exact']}/{r['rows']}",
                 num(r["worst_ulps"]),
                 "PASS" if r["passed"] else "FAIL",
+                r.get("instruction") or "-",
+                "yes" if r.get("c_applied", True) else "no (C = 0)",
                 r["note"] or "",
             ]
             for r in data["rows"]
@@ -126,16 +137,29 @@ def hardware_blocks(data: dict[str, Any], command: str) -> list[Block]:
             "p",
             f"lowprec hw-check of the recorded tensor-core results in {folder}: each row is one "
             "GPU instruction d = sum_k a_k b_k + c recorded on the GPU; the tensor-core preset "
-            "of that GPU (lowprec.accum.tensorcore.tensor_core_preset) recomputes every row and "
-            f"must give the same bits. Source and licence: {folder}/SOURCE.md (Khattak & "
+            "of that GPU and of the instruction the recording came from "
+            "(lowprec.accum.tensorcore.tensor_core_preset, lowprec.hwcheck.recording_instruction) "
+            "recomputes every row, with the addend the recording used, and must give the same "
+            f"bits. Source and licence: {folder}/SOURCE.md (Khattak & "
             "Mikaitis, Accurate Models of NVIDIA Tensor Cores, arXiv 2512.07004).",
         ),
         Block(
             "p",
             f"Verdict: {s['passed']}/{s['total']} GPU/format/output cases reproduced bit for bit "
-            f"on every row ({s['c0_only']} of them only with c = 0).",
+            f"on every row ({s['c0_only']} of them wgmma recordings with C = 0, reproduced "
+            "with c = 0).",
         ),
         Block("table", table=table),
+        Block("h2", "Which instruction each recording came from"),
+        Block(
+            "ul",
+            items=tuple(
+                f"{r['gpu']} {r['fmt']} -> {r['out']}: {r['instruction']}, c "
+                f"{'applied' if r['c_applied'] else 'not applied (C = 0)'}: {r['why']}."
+                for r in data["rows"]
+                if r.get("why")
+            ),
+        ),
     ]
     if notes:
         blocks += [Block("h2", "What the mismatches are"), Block("ul", items=notes)]
