@@ -1126,7 +1126,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "gate",
         help="run a kernel numerics gate (lowprec-gate.toml); exit 0 pass, 1 fail, 2 error",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run each check of a lowprec-gate.toml: your attention or matmul kernel on "
+        "seeded adversarial inputs, judged against the error of the same maths done naively in "
+        "the same precision (budget, signed and magnitude bias, optional stored baseline). "
+        "Exit 0 every check passed, 1 a check failed, 2 bad config, a kernel that could not "
+        "run, a baseline without an entry, or no check ran.",
     )
     p.add_argument("config", help="the gate config, e.g. lowprec-gate.toml")
     p.add_argument("--baseline", help="baseline JSON of worst errors (overrides the config's)")

@@ -150,7 +150,7 @@ def test_file_round_trip_without_pickle(cpu_smoke: Capture, tmp_path: Path) -> N
 
 
 def test_load_rejects_other_files(tmp_path: Path) -> None:
-    with pytest.raises(LowprecError, match="cannot be read"):
+    with pytest.raises(LowprecError, match="cannot read"):
         load_capture(tmp_path / "missing.npz")
     plain = tmp_path / "plain.npz"
     np.savez(plain, x=np.zeros(3))
