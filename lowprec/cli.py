@@ -135,6 +135,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "lowprec.capture",
     "lowprec.compare",
     "lowprec.hwcheck",
+    "lowprec.sweep",
 )
 
 
