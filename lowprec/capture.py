@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import platform
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -42,6 +42,7 @@ from lowprec import cases as _cases
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, get_format
 from lowprec.rounding import decode, encode, round_to
+from lowprec.study import atomic_write
 
 F64 = NDArray[np.float64]
 
@@ -573,24 +574,12 @@ def capture(
 
 
 def save_capture(cap: Capture, path: str | os.PathLike[str]) -> None:
-    """Write ``cap`` to ``path`` atomically (temp file + rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write ``cap`` to ``path`` atomically (:func:`lowprec.study.atomic_write`, mode 0644)."""
     manifest = np.frombuffer(json.dumps(cap.manifest, sort_keys=True).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            entries: dict[str, Any] = {"manifest": manifest, **cap.arrays}
-            np.savez_compressed(fh, **entries)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a plain file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    entries: dict[str, Any] = {"manifest": manifest, **cap.arrays}
+    np.savez_compressed(buf, **entries)
+    atomic_write(os.fspath(path), buf.getvalue())
 
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
