@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -135,6 +136,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "lowprec.capture",
     "lowprec.compare",
     "lowprec.hwcheck",
+    "lowprec.peers",
     "lowprec.sweep",
 )
 
@@ -185,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (lowprec peers | head): stop quietly; stdout goes to devnull so
+        # that the interpreter's final flush does not raise again (Python docs, "SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except LowprecError as exc:
         print(f"lowprec {args.command}: error: {exc}", file=sys.stderr)
         return 2
