@@ -5,7 +5,7 @@ is not counted) and prints its time, ns per element, its ratio to a plain numpy 
 array, and for the four targets of issue 2 the ratio to the named baseline with PASS/FAIL:
 
 * float32 -> bf16 RNE, float32 out:           <= 1.0x ml_dtypes astype(bfloat16).astype(float32)
-* float64 -> bf16 correctly rounded, f64 out:  <= 2.0x ml_dtypes' (double-rounding) f64 round trip
+* float64 -> bf16 correctly rounded, f64 out:  <= 2.0x ml_dtypes' f64 round trip
 * float32 -> e4m3fn RNE saturating, f32 out:   <= 1.5x torch .to(torch.float8_e4m3fn).float()
 * stochastic float32 -> bf16:                  <= 3.0x lowprec's own RNE
 
@@ -15,6 +15,10 @@ smaller array (``--peer-n``) and scaled linearly to n, since they run at microse
 Usage::
 
     python benchmarks/bench_rounding.py [--n 16777216] [--repeat 5] [--check]
+
+It ends with what :mod:`lowprec.peers` measures the baseline casts to do (double rounding from
+float64, saturation) with the installed versions: whether a baseline rounds correctly is
+measured, never assumed.
 
 ``--check`` exits 1 if a target fails (timings depend on the machine and its load: run it on
 an idle machine).
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 from lowprec import round_to
+from lowprec.peers import measure
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,8 @@ class Target:
 
 TARGETS = (
     Target("lowprec f32->bf16 rne", "ml_dtypes f32->bf16->f32", 1.0),
-    Target("lowprec f64->bf16 rne (correct)", "ml_dtypes f64->bf16->f64 (double rounding)", 2.0),
-    Target("lowprec f32->e4m3fn rne satfinite", "torch f32->e4m3fn->f32 (saturates)", 1.5),
+    Target("lowprec f64->bf16 rne (correct)", "ml_dtypes f64->bf16->f64", 2.0),
+    Target("lowprec f32->e4m3fn rne satfinite", "torch f32->e4m3fn->f32", 1.5),
     Target("lowprec f32->bf16 sr", "lowprec f32->bf16 rne", 3.0),
 )
 
@@ -107,12 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "ml_dtypes f32->bf16->f32": lambda: x32.astype(ml_dtypes.bfloat16).astype(np.float32),
         "torch f32->bf16->f32": lambda: t32.to(torch.bfloat16).float(),
         "lowprec f32->bf16 rne": lambda: round_to(x32, "bf16"),
-        "ml_dtypes f64->bf16->f64 (double rounding)": lambda: x64.astype(ml_dtypes.bfloat16).astype(
-            np.float64
-        ),
-        "torch f64->bf16->f64 (double rounding)": lambda: t64.to(torch.bfloat16).double(),
+        "ml_dtypes f64->bf16->f64": lambda: x64.astype(ml_dtypes.bfloat16).astype(np.float64),
+        "torch f64->bf16->f64": lambda: t64.to(torch.bfloat16).double(),
         "lowprec f64->bf16 rne (correct)": lambda: round_to(x64, "bf16"),
-        "torch f32->e4m3fn->f32 (saturates)": lambda: t32_wide.to(torch.float8_e4m3fn).float(),
+        "torch f32->e4m3fn->f32": lambda: t32_wide.to(torch.float8_e4m3fn).float(),
         "ml_dtypes f32->e4m3fn->f32": lambda: x32_wide.astype(ml_dtypes.float8_e4m3fn).astype(
             np.float32
         ),
@@ -150,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  info  lowprec f64->bf16 is {min(peers) / ours:.0f}x faster than the fastest "
             "correct peer"
         )
+    print("\nwhat the baseline casts do, measured now (lowprec.peers; correctness, not speed):")
+    measured = measure(["bf16", "fp8_e4m3fn"], ["ml_dtypes", "torch"])
+    for r in measured.rows:
+        if r.probe in ("float64 near a tie", "overflow"):
+            print(f"  {r.peer} {r.version} {r.fmt}, {r.probe}: {r.verdict}")
     if failed:
         print(f"{failed} of {len(TARGETS)} targets failed")
     return 1 if failed and args.check else 0

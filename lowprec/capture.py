@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import platform
-import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ from lowprec import cases as _cases
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, get_format
 from lowprec.rounding import decode, encode, round_to
+from lowprec.study import atomic_write
 
 F64 = NDArray[np.float64]
 
@@ -584,24 +587,71 @@ def capture(
 
 
 def save_capture(cap: Capture, path: str | os.PathLike[str]) -> None:
-    """Write ``cap`` to ``path`` atomically (temp file + rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write ``cap`` to ``path`` atomically (:func:`lowprec.study.atomic_write`, mode 0644)."""
     manifest = np.frombuffer(json.dumps(cap.manifest, sort_keys=True).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+    buf = io.BytesIO()
+    entries: dict[str, Any] = {"manifest": manifest, **cap.arrays}
+    np.savez_compressed(buf, **entries)
+    atomic_write(os.fspath(path), buf.getvalue())
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def read_npz(
+    path: str | os.PathLike[str], *, what: str = "an .npz file"
+) -> dict[str, NDArray[Any]]:
+    """Every array of an ``.npz`` archive, or a :class:`LowprecError` saying what the file is not.
+
+    The one reader of ``.npz`` files for ``compare``, ``hw-check`` and the report: a missing file,
+    a file that is not a zip archive (text, an ``.npy``, anything else), a truncated or corrupt
+    archive, and an archive holding object (pickled) arrays each get a one-line message naming
+    the file; pickled data is never loaded.
+
+    Args:
+        path: The file.
+        what: What the caller expected, for the message (e.g. ``"a capture written by 'lowprec
+            capture'"``).
+
+    Returns:
+        ``{name: array}`` with every array read into memory.
+
+    Raises:
+        LowprecError: If the file is missing or cannot be read as an archive of plain arrays.
+    """
+    path = os.fspath(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            entries: dict[str, Any] = {"manifest": manifest, **cap.arrays}
-            np.savez_compressed(fh, **entries)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a plain file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise LowprecError(f"cannot read {path!r} ({exc.strerror}); expected {what}") from None
+    if not head.startswith(_ZIP_MAGIC):
+        if not head:
+            kind = "an empty file"
+        elif head.startswith(b"\x93NUMPY"):
+            kind = "a single .npy array"
+        elif all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+            kind = "a text file"
+        else:
+            kind = f"a file starting with {head[:8]!r}"
+        raise LowprecError(
+            f"{path!r} is not an .npz archive (a zip of .npy arrays), it is {kind}; expected {what}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise LowprecError(
+                f"{path!r} holds object (pickled) arrays, which lowprec never loads; "
+                f"expected {what} of plain numeric arrays"
+            ) from None
+        raise LowprecError(f"{path!r} is a corrupt .npz archive ({exc}); expected {what}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise LowprecError(
+            f"{path!r} is not a complete .npz archive (truncated or corrupt: {exc}); "
+            f"expected {what}"
+        ) from None
 
 
 def load_capture(path: str | os.PathLike[str]) -> Capture:
@@ -612,18 +662,22 @@ def load_capture(path: str | os.PathLike[str]) -> Capture:
             output its manifest names.
     """
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise LowprecError(
-            f"capture file {path!r} cannot be read ({exc}); expected an .npz capture"
-        ) from None
+    data = read_npz(path, what="a capture written by 'lowprec capture'")
     if "manifest" not in data:
         raise LowprecError(
             f"{path!r} has no manifest; expected a file written by 'lowprec capture'"
         )
-    manifest = json.loads(data.pop("manifest").tobytes().decode())
+    try:
+        manifest = json.loads(data.pop("manifest").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LowprecError(
+            f"{path!r}: its manifest is not JSON; expected a file written by 'lowprec capture'"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise LowprecError(
+            f"{path!r}: its manifest is not a JSON object; expected a file written by "
+            "'lowprec capture'"
+        )
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise LowprecError(
             f"{path!r} is format {manifest.get('format')!r} version {manifest.get('version')!r}; "
@@ -655,7 +709,12 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``capture --device {cuda,cpu} [--suite NAME] --out FILE`` to the CLI."""
     p = subparsers.add_parser(
-        "capture", help="run a seeded suite of real torch kernels, store outputs"
+        "capture",
+        help="run a seeded suite of real torch kernels, store outputs",
+        description="Run a seeded suite of real torch kernels (matmuls, fp8 scaled_mm, "
+        "scaled_dot_product_attention per backend, forward and backward) on stressing inputs "
+        "and store inputs' digests, outputs and device facts in an .npz (no pickle) with a JSON "
+        "manifest, for 'lowprec compare'.",
     )
     p.add_argument("--device", choices=("cuda", "cpu"), required=True)
     p.add_argument("--suite", default="default", choices=sorted(SUITES))
@@ -676,6 +735,7 @@ __all__ = [
     "case_inputs",
     "inputs_digest",
     "load_capture",
+    "read_npz",
     "save_capture",
     "suite_cases",
 ]

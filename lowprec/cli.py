@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
+from lowprec import __version__
 from lowprec.errors import LowprecError
 from lowprec.formats import FORMATS, get_format
 from lowprec.rounding import Rounding, encode, round_to, ulp
@@ -71,24 +73,100 @@ def _cmd_round(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Bit-exact low-precision numerics (bf16, fp16, fp8, fp6, fp4, ...) on the CPU: inspect formats and
+rounding, run the studies and write their reports, gate a kernel's numerics in CI, and hold the
+emulator against captured GPU/CPU kernel runs and recorded tensor-core results."""
+
+EPILOG = """\
+exit codes: 0 success; 1 numerics got worse (gate, compare, hw-check) or a study's claim did not
+hold; 2 bad input, bad config or a kernel that could not run (one-line error).
+'lowprec COMMAND --help' describes each command."""
+
+ROUND_DESCRIPTION = """\
+Round each decimal number (read as float64) into a format, once, and print the result, its bit
+pattern, the error and the ulp. Negative values such as -inf, -1e5 or -nan may stand anywhere
+(they are not options); the usual '--' separator works too: lowprec round --to bf16 -- -inf."""
+
+_ROUND_VALUED_OPTIONS = ("--to", "--mode", "--seed")
+_ROUND_FLAGS = ("--saturate", "-h", "--help")
+
+
+def _round_argv(argv: list[str]) -> list[str]:
+    """``round``'s arguments with every number moved after a ``--``.
+
+    argparse reads a token such as ``-inf`` or ``-1e5`` as an unknown option; here a token that
+    ``float()`` accepts and that is not the value of ``--to``/``--mode``/``--seed`` is a value,
+    wherever it stands, and a ``--`` the user typed only separates (``round -- -inf --to bf16``
+    and ``round --to bf16 -- -inf`` both work): after it, a token that is not one of round's
+    options is a value, so that ``-zero`` gets "not a number" rather than "unknown option".
+    """
+    options: list[str] = []
+    values: list[str] = []
+    rest = argv
+    separated = False
+    while rest:
+        tok, rest = rest[0], rest[1:]
+        if tok == "--":
+            separated = True
+            continue
+        if tok in _ROUND_VALUED_OPTIONS and rest:
+            options.extend((tok, rest[0]))
+            rest = rest[1:]
+        elif tok.startswith("-") and _is_number(tok):
+            values.append(tok)
+        elif tok.startswith("-") and (tok in _ROUND_FLAGS or not separated):
+            options.append(tok)
+        else:
+            values.append(tok)
+    return [*options, "--", *values] if values else options
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 _COMMAND_MODULES: tuple[str, ...] = (
     "lowprec.report",
     "lowprec.gate",
     "lowprec.capture",
     "lowprec.compare",
     "lowprec.hwcheck",
+    "lowprec.peers",
     "lowprec.sweep",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lowprec`` command."""
-    p = argparse.ArgumentParser(prog="lowprec", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("formats", help="table of every built-in format's properties")
+    p = argparse.ArgumentParser(
+        prog="lowprec",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"lowprec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sp = sub.add_parser(
+        "formats",
+        help="table of every built-in format's properties",
+        description="Print one row per built-in format: bits, exponent and mantissa bits, bias, "
+        "emin/emax, eps, max, smallest normal and subnormal, inf/NaN/negative-zero encoding.",
+    )
     sp.set_defaults(func=_cmd_formats)
-    sp = sub.add_parser("round", help="round numbers into a format and show bits, error, ulp")
-    sp.add_argument("values", nargs="+", help="decimal numbers (read as float64)")
+    sp = sub.add_parser(
+        "round",
+        help="round numbers into a format and show bits, error, ulp",
+        description=ROUND_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sp.add_argument(
+        "values", nargs="+", help="decimal numbers (read as float64); -inf, -1e5 need no '--'"
+    )
     sp.add_argument("--to", required=True, help="target format, e.g. bf16, e4m3, fp16")
     sp.add_argument("--mode", default="rne", help="rne, rna, rtz, up, down, odd, sr")
     sp.add_argument("--saturate", action="store_true", help="clamp overflow to +-max")
@@ -101,9 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, turn a LowprecError into a one-line message and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "round" in argv:
+        at = argv.index("round")
+        if all(t.startswith("-") for t in argv[:at]):
+            argv = [*argv[: at + 1], *_round_argv(argv[at + 1 :])]
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader went away (lowprec peers | head): stop quietly; stdout goes to devnull so
+        # that the interpreter's final flush does not raise again (Python docs, "SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except LowprecError as exc:
         print(f"lowprec {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -56,6 +56,7 @@ logits make dS cancel (dq, dk of ``large_logits``).
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
 import json
 import math
@@ -75,6 +76,7 @@ from lowprec.kernels import attention as _attn
 from lowprec.kernels.policy import AttentionPolicy, fa2_on_tensor_cores, torch_cpu_flash, torch_math
 from lowprec.metrics import ULP_LABELS, ErrorStats, error_stats
 from lowprec.rounding import round_to
+from lowprec.study import atomic_write
 
 F64 = NDArray[np.float64]
 
@@ -482,24 +484,53 @@ def format_comparisons(device: dict[str, Any], results: list[CaseComparison]) ->
     return "\n".join(lines)
 
 
+def capture_paths(patterns: list[str]) -> list[str]:
+    """The capture files named by ``patterns``: paths, or glob patterns the shell left unexpanded.
+
+    Raises:
+        LowprecError: If a pattern matches no file (the message names it).
+    """
+    paths: list[str] = []
+    for pattern in patterns:
+        if os.path.exists(pattern) or not glob.has_magic(pattern):
+            paths.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise LowprecError(f"no file matches {pattern!r}; expected capture files (*.npz)")
+        paths.extend(matches)
+    return paths
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    cap = load_capture(args.file)
-    results = compare_capture(cap)
-    print(format_comparisons(cap.device, results))
+    paths = capture_paths(args.files)
+    captures = [(path, load_capture(path)) for path in paths]  # every file read before any work
+    data = []
+    for n, (path, cap) in enumerate(captures):
+        results = compare_capture(cap)
+        if len(captures) > 1:
+            print(("\n" if n else "") + f"== {path}")
+        print(format_comparisons(cap.device, results))
+        data.append({"file": path, "device": cap.device, "cases": [r.to_dict() for r in results]})
     if args.json:
-        data = {"device": cap.device, "cases": [r.to_dict() for r in results]}
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, args.json)
+        atomic_write(args.json, json.dumps({"captures": data}, indent=1, sort_keys=True) + "\n")
     return 0
 
 
 def register(subparsers: Any) -> None:
-    """Add ``compare FILE [--json OUT]`` to the CLI."""
-    p = subparsers.add_parser("compare", help="hold the emulator against a captured kernel run")
-    p.add_argument("file", help="capture file written by 'lowprec capture'")
-    p.add_argument("--json", help="also write the comparison as JSON here")
+    """Add ``compare FILE [FILE ...] [--json OUT]`` to the CLI."""
+    p = subparsers.add_parser(
+        "compare",
+        help="hold the emulator against captured kernel runs",
+        description="Recompute every case of each capture with the emulator policy that models "
+        "it and print, per output, the fraction bit-identical and predicted vs measured error. "
+        "Several files or a glob (captures/*.npz) compare each in turn; a file that is not a "
+        "capture is a one-line error (exit 2) before any work.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="capture files from 'lowprec capture'")
+    p.add_argument(
+        "--json", help='also write {"captures": [{"file", "device", "cases"}, ...]} as JSON here'
+    )
     p.set_defaults(func=_cmd_compare)
 
 

@@ -255,7 +255,8 @@ class Format:
     def precision(self) -> int:
         """numpy: approximate decimal digits, ``int(-log10(eps))``.
 
-        ml_dtypes hard-codes 1 for every 8-bit format instead (lowprec follows numpy's formula).
+        Measured with ml_dtypes 0.7.0, its ``finfo`` gives 1 for e4m3fn and e5m2 instead (lowprec
+        follows numpy's formula).
         """
         return int(-math.log10(self.eps))
 

@@ -21,14 +21,24 @@ A tensor passes when
    emulated maths and of the fp64 result merely rounded to the output format (:func:`judge`);
 3. with a baseline file, its worst error is at most ``(1 + baseline_slack)`` times the stored one.
 
-Exit codes: 0 every check passed; 1 a check failed; 2 a bad config, or a kernel that could not be
-imported or run or broke the calling convention (wrong shapes, wrong number of outputs).
+Each FAIL line names the rule that failed: ``budget``, ``NaN`` (non-finite outputs), ``signed
+bias``, ``magnitude bias`` or ``baseline``.
+
+The gate never passes silently: a configured baseline that does not exist, or that has no entry
+for a tensor the gate judged, is exit 2 with the command that writes it; ``--update-baseline``
+writes nothing when any check errored; a run in which no check ran (every one skipped, e.g.
+``device = "cuda"`` without CUDA) is exit 2 "no check ran" unless ``--allow-skipped``.
+
+Exit codes: 0 every check that ran passed (and at least one ran); 1 a check failed; 2 a bad
+config, a kernel that could not be imported or run or broke the calling convention (wrong shapes,
+wrong number of outputs), a baseline without an entry, or no check ran.
 
 The config format, with every key (see examples/lowprec-gate.toml)::
 
     seed = 20250611                 # optional; the inputs of each case derive from it
     pythonpath = ["."]              # optional; folders (relative to this file) put on sys.path
-    baseline = "gate-baseline.json" # optional; relative to this file; --baseline overrides
+    baseline = "gate-baseline.json" # optional; relative to this file; --baseline overrides;
+                                    # when set it must exist (--update-baseline writes it)
 
     [defaults]                      # optional; any check key except name/kernel
     reference = "naive_bf16"
@@ -69,7 +79,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import traceback
 import xml.etree.ElementTree as ET
 import zlib
@@ -86,6 +95,7 @@ from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, get_format
 from lowprec.metrics import SIGNIFICANT_T, ErrorStats, error_stats
 from lowprec.rounding import round_to
+from lowprec.study import atomic_write
 from lowprec.testing import BudgetResult, within_budget
 
 F64 = NDArray[np.float64]
@@ -616,6 +626,8 @@ class TensorResult:
         bias_allowed: The largest |bias| of the signed error that passes (see :func:`judge`).
         magnitude_allowed: The same for the magnitude error.
         baseline_err: The stored worst error (None without a baseline entry).
+        rules: The rule behind each reason, in order: ``budget``, ``NaN``, ``signed bias``,
+            ``magnitude bias`` or ``baseline``.
     """
 
     name: str
@@ -627,11 +639,12 @@ class TensorResult:
     bias_allowed: float
     magnitude_allowed: float
     baseline_err: float | None
+    rules: tuple[str, ...] = ()
 
     def line(self) -> str:
         """The diagnosis: verdict, worst error and where, budget and share used, biases."""
         b, s, g = self.budget, self.stats, self.magnitude
-        verdict = "PASS" if self.passed else "FAIL"
+        verdict = "PASS" if self.passed else f"FAIL ({', '.join(self.rules)})"
         text = (
             f"{self.name}: {verdict}  max error {b.max_err:.3g} at {b.where} "
             f"(kernel {b.actual_at:.6g}, fp64 {b.reference_at:.6g}); budget {b.budget:.3g} = "
@@ -642,7 +655,9 @@ class TensorResult:
         if self.baseline_err is not None:
             text += f"; baseline max error {self.baseline_err:.3g}"
         if self.reasons:
-            text += "\n      " + "\n      ".join(self.reasons)
+            text += "".join(
+                f"\n      {rule}: {why}" for rule, why in zip(self.rules, self.reasons, strict=True)
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -652,6 +667,7 @@ class TensorResult:
             "tensor": self.name,
             "passed": self.passed,
             "reasons": list(self.reasons),
+            "rules": list(self.rules),
             "max_err": _json_num(b.max_err),
             "where": list(b.where),
             "kernel_at": _json_num(b.actual_at),
@@ -734,10 +750,13 @@ def judge(
         check.rtol,
         check.bias_t,
     )
-    reasons = []
+    reasons: list[str] = []
+    rules: list[str] = []
     if stats.nonfinite:
+        rules.append("NaN")
         reasons.append(f"{stats.nonfinite} of {actual.size} outputs are NaN or infinite")
     elif not budget.passed:
+        rules.append("budget")
         reasons.append(
             f"max error {budget.max_err:.3g} exceeds the budget {budget.budget:.3g} "
             f"({100 * budget.share:.0f}%; {budget.over} element(s) over)"
@@ -745,6 +764,7 @@ def judge(
     for label, st, ok in (("signed", stats, bias_ok), ("magnitude", mag, mag_ok)):
         if abs(st.t) > check.bias_t and abs(st.bias) > ok:
             toward = " (toward zero)" if label == "magnitude" and st.bias < 0 else ""
+            rules.append(f"{label} bias")
             reasons.append(
                 f"biased {label} error{toward}: bias {st.bias:+.3g} with t {st.t:+.3g}; allowed "
                 f"|bias| {ok:.3g} unless |t| <= {check.bias_t:g}"
@@ -752,12 +772,22 @@ def judge(
     if baseline_err is not None:
         allowed = baseline_err * (1 + check.baseline_slack)
         if not budget.max_err <= allowed:
+            rules.append("baseline")
             reasons.append(
                 f"max error {budget.max_err:.3g} is worse than the baseline {baseline_err:.3g} "
                 f"by more than {100 * check.baseline_slack:g}%"
             )
     return TensorResult(
-        name, not reasons, tuple(reasons), budget, stats, mag, bias_ok, mag_ok, baseline_err
+        name,
+        not reasons,
+        tuple(reasons),
+        budget,
+        stats,
+        mag,
+        bias_ok,
+        mag_ok,
+        baseline_err,
+        tuple(rules),
     )
 
 
@@ -803,12 +833,22 @@ class GateRun:
 
     config: GateConfig
     checks: list[CheckResult] = field(default_factory=list)
+    missing_baseline: list[str] = field(default_factory=list)
+    allow_skipped: bool = False
+
+    @property
+    def ran(self) -> int:
+        """How many checks ran (passed or failed; not skipped, not errored)."""
+        return sum(c.status in ("pass", "fail") for c in self.checks)
 
     @property
     def exit_code(self) -> int:
-        """2 if any check errored, else 1 if any failed, else 0."""
+        """2 if any check errored, a baseline entry is missing or no check ran (unless
+        ``allow_skipped``); else 1 if any failed; else 0."""
         statuses = {c.status for c in self.checks}
-        if "error" in statuses:
+        if "error" in statuses or self.missing_baseline:
+            return 2
+        if not self.ran and not self.allow_skipped:
             return 2
         return 1 if "fail" in statuses else 0
 
@@ -842,8 +882,9 @@ def _run_case(
     check: Check,
     case: Case,
     seed: int,
-    baseline: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None,
     cache: _RefCache,
+    missing: list[str],
 ) -> CaseResult:
     inputs, scale = _inputs(check, case, seed)
     try:
@@ -872,7 +913,10 @@ def _run_case(
                 f"({name} has {int((~np.isfinite(emu[name])).sum())} NaN/inf values): "
                 "its error cannot set a budget; choose a wider reference policy or smaller inputs",
             )
-        stored = baseline.get(_baseline_key(check, case, name))
+        entry = _baseline_key(check, case, name)
+        stored = None if baseline is None else baseline.get(entry)
+        if baseline is not None and stored is None:
+            missing.append(entry)
         results.append(judge(name, have, want, emu[name], check, stored))
     return CaseResult(case, tuple(results))
 
@@ -890,20 +934,24 @@ def run_gate(
     baseline: Mapping[str, Any] | None = None,
     *,
     echo: Callable[[str], None] | None = None,
+    allow_skipped: bool = False,
 ) -> GateRun:
     """Run every check of a config.
 
     Args:
         config: The parsed config.
-        baseline: Stored worst errors keyed ``check/case/tensor`` (from :func:`read_baseline`).
+        baseline: Stored worst errors keyed ``check/case/tensor`` (from :func:`read_baseline`);
+            None: no baseline. With a baseline, every judged tensor needs an entry: the keys
+            without one are in :attr:`GateRun.missing_baseline` and make the exit code 2.
         echo: Called with each diagnosis line as it is found (None: silent).
+        allow_skipped: Exit 0 (not 2) when every check was skipped.
 
     Returns:
         The results; :attr:`GateRun.exit_code` is the gate's exit code.
     """
     say = echo or (lambda _line: None)
-    run = GateRun(config)
-    stored = baseline or {}
+    run = GateRun(config, allow_skipped=allow_skipped)
+    stored = None if baseline is None else dict(baseline)
     cache: _RefCache = {}
     with _sys_path(config.pythonpath):
         for check in config.checks:
@@ -925,7 +973,7 @@ def run_gate(
             say(head)
             results = []
             for case in check.cases:
-                res = _run_case(fn, check, case, config.seed, stored, cache)
+                res = _run_case(fn, check, case, config.seed, stored, cache, run.missing_baseline)
                 results.append(res)
                 if res.error is not None:
                     say(f"  {case.id}: ERROR {res.error}")
@@ -938,19 +986,6 @@ def run_gate(
 
 
 # ---- outputs --------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _versions() -> dict[str, str]:
@@ -1000,6 +1035,8 @@ def to_json(run: GateRun) -> dict[str, Any]:
         "versions": _versions(),
         "platform": platform.platform(),
         "exit_code": run.exit_code,
+        "checks_run": run.ran,
+        "missing_baseline": list(run.missing_baseline),
         "checks": checks,
     }
 
@@ -1040,8 +1077,12 @@ def to_junit(run: GateRun) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def read_baseline(path: Path) -> dict[str, float]:
+def read_baseline(path: Path, *, write_command: str = "") -> dict[str, float]:
     """Stored worst errors keyed ``check/case/tensor``.
+
+    Args:
+        path: The baseline file.
+        write_command: The command that writes it, for the message when it is missing.
 
     Raises:
         ConfigError: If the file is missing or not a baseline written by ``--update-baseline``.
@@ -1049,8 +1090,9 @@ def read_baseline(path: Path) -> dict[str, float]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        how = f"`{write_command}`" if write_command else "--update-baseline"
         raise ConfigError(
-            f"baseline file {str(path)!r} does not exist; create it with --update-baseline"
+            f"baseline file {str(path)!r} does not exist; create it with {how}"
         ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"baseline file {str(path)!r} cannot be read: {exc}") from None
@@ -1083,21 +1125,27 @@ def _summary(run: GateRun) -> str:
     counts: dict[str, int] = {}
     for cr in run.checks:
         counts[cr.status] = counts.get(cr.status, 0) + 1
-    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no check"
     verdict = {0: "PASS", 1: "FAIL", 2: "ERROR"}[run.exit_code]
     return f"lowprec gate: {verdict} ({parts}); exit code {run.exit_code}"
+
+
+def _update_command(args: argparse.Namespace) -> str:
+    """The command line that writes the baseline for this run's config."""
+    extra = f" --baseline {args.baseline}" if args.baseline else ""
+    return f"lowprec gate {args.config}{extra} --update-baseline"
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         base_path = Path(args.baseline) if args.baseline else config.baseline
-        stored: dict[str, float] = {}
+        stored: dict[str, float] | None = None
         if base_path is not None and not args.update_baseline:
-            stored = read_baseline(base_path)
+            stored = read_baseline(base_path, write_command=_update_command(args))
         if args.update_baseline and base_path is None:
             raise ConfigError("--update-baseline needs --baseline FILE or 'baseline' in the config")
-        run = run_gate(config, stored, echo=print)
+        run = run_gate(config, stored, echo=print, allow_skipped=args.allow_skipped)
     except LowprecError as exc:
         print(f"lowprec gate: error: {exc}", file=sys.stderr)
         return 2
@@ -1110,12 +1158,35 @@ def _cmd_gate(args: argparse.Namespace) -> int:
                 )
         if cr.error is not None:
             print(f"lowprec gate: check {cr.check.name!r}: {cr.error}", file=sys.stderr)
+    if run.missing_baseline:
+        keys = run.missing_baseline
+        shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        print(
+            f"lowprec gate: baseline {str(base_path)!r} has no entry for {len(keys)} tensor(s) "
+            f"({shown}); write it with `{_update_command(args)}`",
+            file=sys.stderr,
+        )
+    if not run.ran and not args.allow_skipped:
+        print(
+            "lowprec gate: no check ran (every check was skipped or errored); "
+            "--allow-skipped accepts a run in which every check was skipped",
+            file=sys.stderr,
+        )
     if args.json:
-        _write_atomic(Path(args.json), json.dumps(to_json(run), indent=2) + "\n")
+        atomic_write(args.json, json.dumps(to_json(run), indent=2) + "\n")
     if args.junit:
-        _write_atomic(Path(args.junit), to_junit(run))
+        atomic_write(args.junit, to_junit(run))
     if args.update_baseline and base_path is not None:
-        _write_atomic(base_path, json.dumps(baseline_of(run), indent=2, sort_keys=True) + "\n")
+        errored = [cr.check.name for cr in run.checks if cr.status == "error"]
+        if errored or not run.ran:
+            why = f"check(s) {', '.join(errored)} errored" if errored else "no check ran"
+            print(
+                f"lowprec gate: baseline not written ({why}); {str(base_path)!r} is unchanged",
+                file=sys.stderr,
+            )
+            print(_summary(run))
+            return 2
+        atomic_write(base_path, json.dumps(baseline_of(run), indent=2, sort_keys=True) + "\n")
         print(f"lowprec gate: baseline written to {base_path}")
     print(_summary(run))
     return run.exit_code
@@ -1126,12 +1197,21 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "gate",
         help="run a kernel numerics gate (lowprec-gate.toml); exit 0 pass, 1 fail, 2 error",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run each check of a lowprec-gate.toml: your attention or matmul kernel on "
+        "seeded adversarial inputs, judged against the error of the same maths done naively in "
+        "the same precision (budget, signed and magnitude bias, optional stored baseline). "
+        "Exit 0 every check passed, 1 a check failed, 2 bad config, a kernel that could not "
+        "run, a baseline without an entry, or no check ran.",
     )
     p.add_argument("config", help="the gate config, e.g. lowprec-gate.toml")
     p.add_argument("--baseline", help="baseline JSON of worst errors (overrides the config's)")
     p.add_argument(
         "--update-baseline", action="store_true", help="write this run's worst errors as baseline"
+    )
+    p.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 when every check was skipped (default: exit 2, 'no check ran')",
     )
     p.add_argument("--junit", help="write JUnit XML here")
     p.add_argument("--json", help="write the full results as JSON here")

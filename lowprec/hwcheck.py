@@ -22,6 +22,7 @@ no preset counts as a failure), 2 when DIR cannot be read.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 
 from lowprec.accum import RoundOnce, matmul
 from lowprec.accum.tensorcore import gpu_arch, tensor_core_preset
+from lowprec.capture import read_npz
 from lowprec.errors import LowprecError
 from lowprec.formats import fp16, fp32, get_format
 from lowprec.rounding import ulp
@@ -171,12 +173,10 @@ def read_fixture(path: Path) -> Case:
     """
     gpu, _, fmt = path.stem.partition("_")
     try:
-        with np.load(path) as z:
-            arrays = {
-                k: z[k].astype(np.uint32).view(np.float32).astype(np.float64) for k in z.files
-            }
-    except (OSError, ValueError) as exc:
-        raise HwReadError(f"cannot read {path}: {exc}") from exc
+        raw = read_npz(path, what="a <GPU>_<fmt>.npz fixture of uint32 float32 bit patterns")
+    except LowprecError as exc:
+        raise HwReadError(str(exc)) from None
+    arrays = {k: v.astype(np.uint32).view(np.float32).astype(np.float64) for k, v in raw.items()}
     case = Case(gpu=gpu, fmt=fmt, arrays=arrays)
     _validate(case, str(path))
     return case
@@ -186,22 +186,29 @@ def _validate(case: Case, where: str) -> None:
     arr = case.arrays
     if not {"a", "b", "c"} <= arr.keys() or not any(k.startswith("d_") for k in arr):
         raise HwReadError(f"{where}: expected arrays a, b, c and d_fp32 and/or d_fp16")
-    rows = arr["a"].shape[0]
     if arr["a"].ndim != 2 or arr["b"].shape != arr["a"].shape:
         raise HwReadError(f"{where}: a {arr['a'].shape} and b {arr['b'].shape} must be (rows, K)")
+    rows = arr["a"].shape[0]
     for k, v in arr.items():
-        if v.shape[0] != rows:
-            raise HwReadError(f"{where}: {k} has {v.shape[0]} rows, a has {rows}")
+        if v.ndim == 0 or v.shape[0] != rows:
+            raise HwReadError(f"{where}: {k} has shape {v.shape}, a has {rows} rows")
 
 
 def load_cases(folder: Path) -> list[Case]:
     """Every case under ``folder`` (fixtures if it holds ``*.npz``, else the text layout).
 
+    ``folder`` may also be one ``<GPU>_<fmt>.npz`` fixture.
+
     Raises:
-        HwReadError: If the folder does not exist or holds no case.
+        HwReadError: If the folder does not exist, holds no case, or a file cannot be read.
     """
+    if folder.is_file():
+        return [read_fixture(folder)]
     if not folder.is_dir():
-        raise HwReadError(f"{folder} is not a folder; expected <GPU>/<fmt>/ or *.npz fixtures")
+        raise HwReadError(
+            f"{folder} is neither a folder nor a file; expected <GPU>/<fmt>/, *.npz fixtures "
+            "or one <GPU>_<fmt>.npz"
+        )
     fixtures = sorted(folder.glob("*.npz"))
     if fixtures:
         return [read_fixture(p) for p in fixtures]
@@ -290,7 +297,7 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         status, outcomes = run(Path(args.dir))
     except HwReadError as exc:
-        print(f"lowprec hw-check: error: {exc}")
+        print(f"lowprec hw-check: error: {exc}", file=sys.stderr)
         return 2
     # bit-exact: with the addend the recording used (c applied: yes -> its c, no -> 0);
     # other c: the same preset with the other addend, for comparison
@@ -319,7 +326,12 @@ def _cmd(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add the ``hw-check`` subcommand to the ``lowprec`` command line."""
     p = subparsers.add_parser(
-        "hw-check", help="check tensor-core presets bit for bit against recorded GPU results"
+        "hw-check",
+        help="check tensor-core presets bit for bit against recorded GPU results",
+        description="Recompute every recorded tensor-core result (GPU, input format, output "
+        "format) with lowprec's preset for that GPU and print, per case, the rows reproduced "
+        "bit for bit. Exit 0 when every case is reproduced, 1 when one is not, 2 for a bad "
+        "folder or file.",
     )
     p.add_argument(
         "dir", help="folder laid out <GPU>/<fmt>/a_*,b_*,c_*,d_* or holding *.npz fixtures"

@@ -2,9 +2,11 @@
 
 :func:`round_to` returns, for every element, the single correctly rounded value of the input in the
 target format, held in the input's own carrier (float64 in, float64 out; float32 in, float32 out).
-The input is never rounded through an intermediate format: numpy, ml_dtypes and torch convert
-float64 to bf16/fp16/fp8 through float32 and so round twice (1 + 2**-8 + 2**-40 becomes 1.0 in bf16
-instead of 1.0078125); lowprec judges the exact discarded bits of the float64 input.
+The input is never rounded through an intermediate format: a cast that converts float64 to
+bf16/fp16/fp8 through float32 rounds twice (1 + 2**-8 + 2**-40 becomes 1.0 in bf16 instead of
+1.0078125); lowprec judges the exact discarded bits of the float64 input. Which peer casts round
+twice depends on their versions: :mod:`lowprec.peers` (``lowprec peers``) measures the installed
+ones.
 
 Special values follow the target's encoding (see :class:`lowprec.formats.NanEncoding`):
 
@@ -12,7 +14,8 @@ Special values follow the target's encoding (see :class:`lowprec.formats.NanEnco
 input / event             result
 ========================  =================================================================
 NaN                       NaN (a format with no NaN code, fp6/fp4, still gets NaN in the
-                          carrier: ml_dtypes maps it to -0, which hides the NaN)
+                          carrier; measured with ml_dtypes 0.7.0, its cast maps it to -0,
+                          which hides the NaN)
 +-inf                     +-inf where the format has inf; else NaN (e4m3fn, fnuz), or +-max
                           where it has no NaN either (fp6/fp4); +-max with ``saturate``
 overflow                  as IEEE 754 §7.4: nearest modes and SR give inf (NaN where the
@@ -25,10 +28,12 @@ zero or below 2**-127     e8m0 has no zero: 0 gives NaN, positive values below i
 in e8m0                   value 2**-127 give 2**-127; negative input gives NaN
 ========================  =================================================================
 
-Where the oracles differ (measured with ml_dtypes 0.6, torch 2.13 CPU): ml_dtypes never saturates
-fp8 (465 becomes NaN in e4m3fn), while torch's CPU cast to e4m3fn saturates even inf to 448;
-both overflow to inf in e5m2. Both round float64 twice via float32. lowprec's default is
-IEEE/OCP non-saturating behaviour (like ml_dtypes); ``saturate=True`` gives torch's/CUDA's.
+Where the peers differ (measured with ml_dtypes 0.7.0 and torch 2.13.0 CPU by ``lowprec peers``;
+rerun it for the installed versions): ml_dtypes does not saturate fp8 (465 becomes NaN in
+e4m3fn), while torch's CPU cast to e4m3fn saturates even inf to 448; both overflow to inf in
+e5m2. torch rounds float64 twice via float32; ml_dtypes 0.7.0 rounds it once (0.6 rounded twice).
+lowprec's default is IEEE/OCP non-saturating behaviour; ``saturate=True`` gives CUDA's
+``.satfinite``.
 """
 
 from __future__ import annotations

@@ -45,8 +45,10 @@ registry finds it by scanning :mod:`lowprec.studies` (whose modules are that fol
 Config: ``quick`` names every key and fixes its type (bool, int, float, str, or a list of one of
 those); ``full`` overrides some of them for ``--full``; ``--set key=value`` overrides one key,
 parsed to that type (lists as ``1,2,3`` or JSON). An unknown key or a value of the wrong type is a
-:class:`~lowprec.errors.ConfigError` naming the valid keys. Every study has a ``seed`` key
-(default 0 when ``quick`` omits it); ``ctx.rng`` is ``numpy.random.default_rng(seed)``.
+:class:`~lowprec.errors.ConfigError` naming the valid keys; so is a value outside the key's range
+(:data:`CONFIG_BOUNDS` by key name, e.g. ``steps >= 1``, plus the study's own ``bounds``).
+Every study has a ``seed`` key (default 0 when ``quick`` omits it); ``ctx.rng`` is
+``numpy.random.default_rng(seed)``.
 
 Result JSON (``result.json``): ``study, claim, preset, seed, config, metrics, series, tables,
 checks, notes`` are deterministic (same seed -> byte-identical, see :meth:`Result.canonical_json`);
@@ -91,6 +93,90 @@ Scalar = bool | int | float | str
 _SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str)
 _VOLATILE = "provenance"
 _PACKAGES = ("lowprec", "numpy", "ml_dtypes", "numba", "torch", "matplotlib")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric config key's value (or every element of its list) must lie in.
+
+    Attributes:
+        lo: The lower end (None: unbounded below).
+        hi: The upper end (None: unbounded above).
+        lo_open: ``lo`` itself is excluded.
+        hi_open: ``hi`` itself is excluded.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        """Whether ``x`` lies in the range."""
+        if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
+            return False
+        return not (self.hi is not None and (x > self.hi or (self.hi_open and x == self.hi)))
+
+    def describe(self) -> str:
+        """The range as a reader writes it: ``>= 1``, ``> 0``, ``in [0, 1)``."""
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"in {left}{self.lo:g}, {self.hi:g}{right}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "any value"
+
+
+_COUNT = Bound(lo=1)
+_POSITIVE = Bound(lo=0, lo_open=True)
+
+#: Ranges of the config keys the studies share, by key name (a study's ``bounds`` adds or
+#: overrides): counts and sizes are >= 1, rates and thresholds > 0, probabilities in [0, 1],
+#: Adam's beta1 in [0, 1), Qiu & Yao's dynamic-max beta in [2, 8] (as AttentionPolicy checks).
+CONFIG_BOUNDS: Mapping[str, Bound] = {
+    "seed": Bound(lo=0),
+    **{
+        key: _COUNT
+        for key in (
+            "seeds",
+            "n",
+            "m",
+            "steps",
+            "sweep_n",
+            "sweep_steps",
+            "train_steps",
+            "batch",
+            "seq_len",
+            "record_every",
+            "trials",
+            "keys",
+            "dv",
+            "ties",
+            "block_k",
+            "block",
+            "heads",
+            "head_dim",
+            "k_values",
+            "promote_every",
+            "n_layer",
+            "n_head",
+            "d_model",
+            "val_batches",
+            "shape",
+            "mclip_shape",
+            "mclip_big",
+            "mclip_steps",
+            "mclip_seeds",
+        )
+    },
+    **{key: _POSITIVE for key in ("lr", "tau", "logit_scales", "diverge_nats", "gap")},
+    "outlier_prob": Bound(lo=0, hi=1),
+    "sweep_beta1": Bound(lo=0, hi=1, hi_open=True),
+    "beta": Bound(lo=2, hi=8),
+    "betas": Bound(lo=2, hi=8),
+}
 
 
 @dataclass(frozen=True)
@@ -297,6 +383,8 @@ class Study:
             ``question`` from the study's own result, as HTML (numbers in ``<b>``, links
             relative to ``reports/``); None when the result lacks what it needs, and then
             the index says which command gives the numbers.
+        bounds: Ranges of this study's numeric keys, adding to or overriding
+            :data:`CONFIG_BOUNDS`; ``--set`` values outside them are a ConfigError.
     """
 
     name: str
@@ -308,6 +396,11 @@ class Study:
     headline: tuple[tuple[str, str], ...] = ()
     question: str = ""
     index_paragraph: IndexFn | None = None
+    bounds: Mapping[str, Bound] = field(default_factory=dict)
+
+    def bound(self, key: str) -> Bound | None:
+        """The range of ``key``'s values (None: any value of its type)."""
+        return self.bounds.get(key, CONFIG_BOUNDS.get(key))
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -350,8 +443,8 @@ class Study:
             A new dict with every key.
 
         Raises:
-            ConfigError: For an unknown key or a value that is not of the key's type; the message
-                names the valid keys and their types.
+            ConfigError: For an unknown key, a value that is not of the key's type (the message
+                names the valid keys and their types) or one outside the key's :meth:`bound`.
         """
         cfg = self.defaults(full=full)
         cfg.update(self._parse_overrides(overrides, cfg))
@@ -378,7 +471,21 @@ class Study:
                     f"valid keys: {self._key_help(cfg)}"
                 )
             out[key] = _coerce(self.name, key, value, cfg[key], self._key_help(cfg))
+            self._check_bound(key, out[key])
         return out
+
+    def _check_bound(self, key: str, value: Any) -> None:
+        bound = self.bound(key)
+        if bound is None:
+            return
+        items = value if isinstance(value, list) else [value]
+        bad = [v for v in items if isinstance(v, int | float) and not bound.contains(v)]
+        if bad:
+            what = "every element" if isinstance(value, list) else "the value"
+            raise ConfigError(
+                f"study {self.name!r}: {key}={value!r} is out of range ({bad[0]!r}); "
+                f"expected {what} {bound.describe()}"
+            )
 
     @staticmethod
     def _key_help(cfg: Config) -> str:

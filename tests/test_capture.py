@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,9 @@ def test_file_round_trip_without_pickle(cpu_smoke: Capture, tmp_path: Path) -> N
     path = tmp_path / "sub" / "cap.npz"
     save_capture(cpu_smoke, path)
     assert [p.name for p in path.parent.iterdir()] == ["cap.npz"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain file's mode (0644 at 022)
     with np.load(path, allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
         man = json.loads(z["manifest"].tobytes().decode())
@@ -150,7 +154,7 @@ def test_file_round_trip_without_pickle(cpu_smoke: Capture, tmp_path: Path) -> N
 
 
 def test_load_rejects_other_files(tmp_path: Path) -> None:
-    with pytest.raises(LowprecError, match="cannot be read"):
+    with pytest.raises(LowprecError, match="cannot read"):
         load_capture(tmp_path / "missing.npz")
     plain = tmp_path / "plain.npz"
     np.savez(plain, x=np.zeros(3))

@@ -125,6 +125,13 @@ def test_each_regression_fails_for_its_reason(
     assert "NaN or infinite" in reasons["no-max-subtraction"]
     assert "toward zero" in reasons["p-truncated"]
     assert "exceeds the budget" not in reasons["p-truncated"]  # only the bias rule sees it
+    rules = {
+        c["name"]: {r for k in c["cases"] for t in k["tensors"] for r in t["rules"]}
+        for c in doc["checks"]
+    }
+    assert "budget" in rules["p-bf16-accumulate-bf16"]
+    assert "NaN" in rules["no-max-subtraction"]
+    assert "magnitude bias" in rules["p-truncated"] and "budget" not in rules["p-truncated"]
     failures = sum(int(s.get("failures", 0)) for s in ET.parse(xml).getroot())
     assert failures == sum(
         not t["passed"] for c in doc["checks"] for k in c["cases"] for t in k["tensors"]
@@ -352,10 +359,19 @@ def test_cuda_check_is_skipped_without_cuda(
     body = GOOD_CHECK.replace("gate_test_kernels:mm_good", "torch:matmul")
     body += 'io = "torch"\ndevice = "cuda"\n'
     xml = tmp_path / "r.xml"
-    code, out, _ = run([str(write_config(tmp_path, kernel_dir, body)), "--junit", str(xml)], capsys)
-    assert code == 0 and "SKIPPED" in out
+    cfg = str(write_config(tmp_path, kernel_dir, body))
+    # every check skipped: no check ran, which is no pass
+    code, out, err = run([cfg, "--junit", str(xml)], capsys)
+    assert code == 2 and "SKIPPED" in out
+    assert "no check ran" in err and "--allow-skipped" in err
     suite = ET.parse(xml).getroot().find("testsuite")
     assert suite is not None and suite.get("skipped") == "1"
+    code, out, err = run([cfg, "--allow-skipped"], capsys)
+    assert code == 0 and "SKIPPED" in out and err == ""
+    # one check runs beside the skipped one: the run counts, the skip is shown
+    both = write_config(tmp_path, kernel_dir, body + GOOD_CHECK.replace('"mm"', '"mm2"'))
+    code, out, err = run([str(both)], capsys)
+    assert code == 0 and "SKIPPED" in out and "1 pass, 1 skipped" in out
 
 
 # ---- baseline ---------------------------------------------------------------------------------
@@ -385,6 +401,104 @@ def test_baseline_update_compare_and_regress(
     assert code == 2 and "expected {'max_err'" in err
 
 
+def test_baseline_without_an_entry_exits_2_with_the_command(
+    tmp_path: Path, kernel_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path, kernel_dir, GOOD_CHECK)
+    base = tmp_path / "base.json"
+    assert run([str(cfg), "--baseline", str(base), "--update-baseline"], capsys)[0] == 0
+    # a second check, added after the baseline was written, has no entry
+    cfg2 = write_config(tmp_path, kernel_dir, GOOD_CHECK + GOOD_CHECK.replace('"mm"', '"mm2"'))
+    js = tmp_path / "r.json"
+    code, out, err = run([str(cfg2), "--baseline", str(base), "--json", str(js)], capsys)
+    assert code == 2, out
+    assert "has no entry for 1 tensor(s) (mm2/normal-8x16x8/out)" in err
+    assert f"`lowprec gate {cfg2} --baseline {base} --update-baseline`" in err
+    doc = json.loads(js.read_text())
+    assert doc["missing_baseline"] == ["mm2/normal-8x16x8/out"] and doc["exit_code"] == 2
+    # the config's own baseline key, missing file: the message names the command too
+    cfg3 = write_config(tmp_path, kernel_dir, 'baseline = "none.json"\n' + GOOD_CHECK)
+    code, out, err = run([str(cfg3)], capsys)
+    assert code == 2 and out == ""
+    assert "none.json' does not exist" in err and f"`lowprec gate {cfg3} --update-baseline`" in err
+    # with the entry written, the same run passes
+    assert run([str(cfg2), "--baseline", str(base), "--update-baseline"], capsys)[0] == 0
+    assert run([str(cfg2), "--baseline", str(base)], capsys)[0] == 0
+
+
+def test_update_baseline_writes_nothing_when_a_check_errored(
+    tmp_path: Path, kernel_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = GOOD_CHECK.replace('"mm"', '"boom"').replace("mm_good", "mm_raises")
+    cfg = write_config(tmp_path, kernel_dir, GOOD_CHECK + broken)
+    base = tmp_path / "base.json"
+    code, out, err = run([str(cfg), "--baseline", str(base), "--update-baseline"], capsys)
+    assert code == 2
+    assert not base.exists()
+    assert "baseline not written (check(s) boom errored)" in err
+    assert "baseline written" not in out
+    # an existing baseline is left byte for byte as it was
+    base.write_text('{"max_err": {"mm/normal-8x16x8/out": 1.0}}\n')
+    before = base.read_bytes()
+    code, _, _ = run([str(cfg), "--baseline", str(base), "--update-baseline"], capsys)
+    assert code == 2 and base.read_bytes() == before
+
+
+def test_update_baseline_writes_nothing_when_no_check_ran(
+    tmp_path: Path, kernel_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the check runs instead of being skipped")
+    body = GOOD_CHECK.replace("gate_test_kernels:mm_good", "torch:matmul")
+    body += 'io = "torch"\ndevice = "cuda"\n'
+    cfg = write_config(tmp_path, kernel_dir, body)
+    base = tmp_path / "base.json"
+    code, _, err = run([str(cfg), "--baseline", str(base), "--update-baseline"], capsys)
+    assert code == 2 and not base.exists() and "no check ran" in err
+
+
+def test_outputs_are_written_0644(
+    tmp_path: Path, kernel_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    cfg = write_config(tmp_path, kernel_dir, GOOD_CHECK)
+    files = [tmp_path / "out" / n for n in ("r.json", "r.xml", "base.json")]
+    old = os.umask(0o022)
+    try:
+        argv = [str(cfg), "--json", str(files[0]), "--junit", str(files[1])]
+        assert run([*argv, "--baseline", str(files[2]), "--update-baseline"], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o644, f
+    assert sorted(p.name for p in files[0].parent.iterdir()) == ["base.json", "r.json", "r.xml"]
+
+
+def test_fail_lines_name_the_rule(
+    tmp_path: Path, kernel_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nan = GOOD_CHECK.replace("mm_good", "mm_nan")
+    code, out, _ = run([str(write_config(tmp_path, kernel_dir, nan))], capsys)
+    assert code == 1
+    assert "out: FAIL (NaN)" in out and "      NaN: 1 of 64 outputs are NaN or infinite" in out
+    bad = GOOD_CHECK.replace("mm_good", "mm_bf16_acc").replace("[8, 16, 8]", "[32, 512, 16]")
+    code, out, _ = run([str(write_config(tmp_path, kernel_dir, bad))], capsys)
+    assert code == 1
+    assert "out: FAIL (budget" in out and "      budget: max error" in out
+    cfg = write_config(tmp_path, kernel_dir, GOOD_CHECK)
+    base = tmp_path / "b.json"
+    assert run([str(cfg), "--baseline", str(base), "--update-baseline"], capsys)[0] == 0
+    doc = json.loads(base.read_text())
+    doc["max_err"] = {k: v / 4 for k, v in doc["max_err"].items()}
+    base.write_text(json.dumps(doc))
+    code, out, _ = run([str(cfg), "--baseline", str(base)], capsys)
+    assert code == 1
+    assert "out: FAIL (baseline)" in out and "      baseline: max error" in out
+
+
 # ---- the rule itself --------------------------------------------------------------------------
 
 
@@ -412,5 +526,6 @@ def test_judge_bias_rule_sees_a_shrink_the_budget_does_not(rng: np.random.Genera
 def test_pythonpath_is_restored_after_a_run() -> None:
     before = list(sys.path)
     cfg = gate.GateConfig(Path("x.toml"), 1, (Path("/nonexistent"),), None, ())
-    assert gate.run_gate(cfg).exit_code == 0
+    assert gate.run_gate(cfg).exit_code == 2  # no check ran
+    assert gate.run_gate(cfg, allow_skipped=True).exit_code == 0
     assert sys.path == before

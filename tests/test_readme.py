@@ -76,3 +76,58 @@ def test_readme_sweep_command_runs_and_prints_what_it_says(tmp_path: Path) -> No
     said = re.search(r"`(sweep \S+: \d+/\d+ units done \(0 reused, \d+ run on )local x\d+\)", text)
     assert said and said.group(1) in done.stdout
     assert (tmp_path / "s" / "summary.json").is_file()
+
+
+def _subcommands() -> set[str]:
+    import argparse
+
+    from lowprec.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def test_every_lowprec_command_the_readme_names_exists() -> None:
+    named = set(re.findall(r"`lowprec ([a-z][a-z-]*)", TEXT))
+    fenced = False
+    for line in TEXT.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced and (m := re.match(r"lowprec ([a-z][a-z-]*)", line)):
+            named.add(m.group(1))
+    assert {"report", "gate", "hw-check", "peers", "round"} <= named
+    assert named <= _subcommands(), named - _subcommands()
+
+
+def test_readme_hw_check_command_does_what_the_paragraph_says() -> None:
+    """The paragraph promises a closing line and its exit code, never a count that may change."""
+    assert re.search(r"^lowprec hw-check tests/data/hw$", TEXT, re.M)
+    done = subprocess.run(
+        [sys.executable, "-m", "lowprec", "hw-check", "tests/data/hw"],
+        capture_output=True,
+        text=True,
+        cwd=README.parent,
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"(\d+)/(\d+) cases reproduced bit for bit: (PASS|FAIL)", last)
+    assert m, last
+    good, total, verdict = int(m.group(1)), int(m.group(2)), m.group(3)
+    assert (verdict == "PASS") == (good == total) == (done.returncode == 0)
+    assert done.returncode in (0, 1), done.stderr
+    paragraph = " ".join(TEXT.split("lowprec hw-check tests/data/hw", 1)[1][:800].split())
+    assert "cases reproduced bit for bit:" in paragraph and "exit code is 1" in paragraph
+    assert not re.search(r"\b\d+/\d+ cases\b", paragraph), "a count the next recording changes"
+
+
+def test_readme_names_the_version_of_every_peer_behaviour_it_states() -> None:
+    flat = re.sub(r"\s+", " ", TEXT)
+    sentences = re.split(r"(?<=\.)\s", flat)
+    claims = [
+        s
+        for s in sentences
+        if re.search(r"ml_dtypes|torch", s) and re.search(r"twice|saturat|double|once", s)
+    ]
+    assert claims, "the README says nothing about peers' rounding: the test has nothing to check"
+    for s in claims:
+        assert re.search(r"\d+\.\d+\.\d+|lowprec peers", s), s

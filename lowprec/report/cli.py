@@ -26,10 +26,11 @@ from lowprec.report.hardware_page import (
     write_hardware_report,
 )
 from lowprec.report.index_page import write_index
+from lowprec.report.peers_page import PEERS_DIR, peers_data, peers_summary, write_peers_report
 from lowprec.report.render import DEFAULT_OUT, remove_section, write_report
 from lowprec.study import Result, all_studies, get_study, progress_enabled
 
-SECTIONS = (COMPARE_DIR, HARDWARE_DIR)
+SECTIONS = (COMPARE_DIR, HARDWARE_DIR, PEERS_DIR)
 
 
 def run_and_write(
@@ -131,6 +132,14 @@ def run_sections(
         else:
             remove_section(HARDWARE_DIR, out)
             lines.append(f"hardware: no fixture folder {hw_dir}; section skipped")
+    if PEERS_DIR in sections:
+        data = peers_data()
+        folder = write_peers_report(data, out)
+        s = peers_summary(data)
+        lines.append(
+            f"peers: {s['differ']}/{s['total']} (peer, format, probe) rows differ from lowprec; "
+            f"wrote {folder}"
+        )
     return lines
 
 
@@ -208,7 +217,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument(
         "--only",
         default="",
-        help="comma-separated study names and/or the pages compare, hardware (default: all)",
+        help="comma-separated study names and/or the pages compare, hardware, peers (default: all)",
     )
     sp.add_argument(
         "--captures",

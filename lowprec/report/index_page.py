@@ -16,6 +16,7 @@ from typing import Any
 from lowprec.errors import LowprecError
 from lowprec.report.compare_page import COMPARE_DIR, device_line, measured_attention_line
 from lowprec.report.hardware_page import HARDWARE_DIR
+from lowprec.report.peers_page import PEERS_DIR
 from lowprec.report.render import CSS, DEFAULT_OUT, flat_metrics, fmt_value
 from lowprec.study import Result, Study, all_studies, atomic_write, get_study
 
@@ -132,6 +133,18 @@ def _sections_rows(root: Path) -> list[str]:
         rows.append(
             "<tr><td>hardware</td><td colspan='3'>No tensor-core fixture found, so no hardware "
             "section: <code>lowprec report --only hardware --hw-dir DIR</code> writes it.</td></tr>"
+        )
+    peers = _load_json(root / PEERS_DIR / "peers.json")
+    if peers is not None and "summary" in peers:
+        s = peers["summary"]
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(s["versions"].items()))
+        rows.append(
+            f"<tr><td><a href='{PEERS_DIR}/report.html'>peers</a> "
+            f"(<a href='{PEERS_DIR}/report.md'>md</a>, "
+            f"<a href='{PEERS_DIR}/peers.json'>json</a>)</td>"
+            "<td>What the installed peers' casts (double rounding from float64, saturation, "
+            f"NaN, e8m0) do against lowprec's reference, measured with {e(versions)}.</td>"
+            f"<td>{s['differ']}/{s['total']} differ</td><td>lowprec peers</td></tr>"
         )
     return rows
 
