@@ -1,0 +1,643 @@
+"""Block-scaled formats as data (MXFP8/6/4, NVFP4): quantise, dequantise, encode.
+
+A :class:`BlockFormat` names an element format, the number of elements that share one scale, the
+axis the blocks run along, the scale's format and how the scale is chosen, an optional per-tensor
+fp32 scale, and whether elements saturate. :func:`quantize` turns an array into a
+:class:`BlockTensor` (elements, block scales, tensor scale); :meth:`BlockTensor.dequantize` gives
+``elements * block_scale * tensor_scale`` exactly (float64); :meth:`BlockTensor.encode` gives the
+packed bits.
+
+The maths, for one block ``x_1..x_n`` with ``a = max |x_i|``, element format E (largest value
+``M = E.max``, exponent of its top binade ``emax = E.emax``, ``m = E.man_bits``):
+
+* e8m0 scales ``X = 2**s`` (OCP Microscaling Formats (MX) v1.0 §5, §6.3), with ``s`` by the
+  block format's :class:`ScaleRounding`, then clamped to e8m0's range [-127, 127]:
+
+  - ``floor`` (OCP MX v1.0 §6.3): ``s = floor(log2 a) - emax``. The block max may land above M
+    and is clamped (microxcaling#4, "957 quantized as 896"; ROCm/aiter#3212 counts ~37 % of
+    MXFP4 groups clipping on their max);
+  - ``ceil``: ``s = ceil(log2 a) - emax``;
+  - ``even`` (FBGEMM's MX4 default, FBGEMM#3111): ``s = floor(log2 r) - emax`` where r is a
+    rounded to ``m`` fraction bits with halfway cases rounded down (FBGEMM adds
+    ``2**(22 - m) - 1`` to the fp32 bits of a before taking the exponent), i.e. the exponent of
+    a goes up by one iff its significand exceeds ``2 - 2**-(m + 1)``;
+  - ``rceil`` (cuBLAS, Transformer Engine, torchao ``ScaleCalculationMode.RCEIL``): the smallest
+    s with ``a <= M * 2**s``, i.e. ``ceil(log2(a / M))``: the block max never clips.
+
+  Elements are ``round_E(x_i / X)``: the quotient is exact, so this is one rounding.
+* e4m3 (ue4m3) scales, NVFP4 (NVIDIA Transformer Engine's NVFP4 recipe; arXiv 2509.25149): the
+  tensor scale ``t = fp32(A / (M * 448))`` with ``A`` the max |x| over the tensor's finite
+  values (``t = 1`` without a tensor scale or when A is 0); the block scale
+  ``S = e4m3_rne_satfinite(a / (M * t))``; elements ``round_E(x_i / (S * t))``. Every division
+  is exact-then-rounded-once (:func:`divide_round_odd` carries the quotient to nearest-odd,
+  which makes the later rounding into the narrow format correct), so results here may differ
+  from a kernel that multiplies by an fp32 reciprocal where the two disagree.
+
+Blocks: the axis is split into ``ceil(n / block)`` blocks; the last one may be ragged (padded with
+zeros, which never change a block's max). A block whose max is 0 gets ``s = -127`` (e8m0) or
+``S = 0`` (e4m3) and zero elements. A block holding NaN or +-inf gets a NaN scale (the NaN code
+of the scale format: OCP MX v1.0 §6.3 makes the whole block NaN) and zero elements.
+
+Element rounding is any :class:`~lowprec.rounding.Rounding` mode. Stochastic rounding takes
+``sr_bits`` random bits per element (8 by default, as the hardware ``cvt.rs`` conversions of
+sm_100/sm_103): words ``rng.integers(0, 2**sr_bits, size=x.size)`` drawn in x's C order; an
+element rounds away from zero iff ``word + floor(frac * 2**sr_bits) >= 2**sr_bits``, ``frac``
+being the discarded fraction of the gap (the rule of :func:`lowprec.reference.round_fraction`).
+
+:func:`quantize_block_spec` is the scalar specification in exact rationals; :func:`quantize` is
+the vectorised twin, tested against it bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from lowprec.errors import ConfigError, LowprecError, ShapeError
+from lowprec.formats import (
+    Format,
+    e8m0,
+    fp4_e2m1,
+    fp6_e2m3,
+    fp6_e3m2,
+    fp8_e4m3fn,
+    fp8_e5m2,
+    fp32,
+    get_format,
+)
+from lowprec.reference import floor_log2, round_fraction
+from lowprec.rounding import Rounding, as_carrier, decode, encode, round_to
+
+F64 = NDArray[np.float64]
+
+E8M0_MIN_EXP = e8m0.emin  # -127
+E8M0_MAX_EXP = e8m0.emax  # 127
+
+
+class ScaleRounding(enum.Enum):
+    """How a block's scale is chosen from its max (see the module docstring for the maths)."""
+
+    FLOOR = "floor"  # OCP MX v1.0 §6.3
+    CEIL = "ceil"
+    EVEN = "even"  # FBGEMM MX4
+    RCEIL = "rceil"  # cuBLAS / Transformer Engine
+    NEAREST = "rne"  # a non-power-of-two scale (e4m3) rounded to nearest-even (NVFP4)
+
+    def __repr__(self) -> str:
+        return f"ScaleRounding.{self.name}"
+
+    @classmethod
+    def parse(cls, r: ScaleRounding | str) -> ScaleRounding:
+        """The member named by ``r`` (member, value or name, any case).
+
+        Raises:
+            ConfigError: If ``r`` names no member.
+        """
+        if isinstance(r, ScaleRounding):
+            return r
+        if isinstance(r, str):
+            key = r.strip().lower()
+            for m in cls:
+                if key in (m.value, m.name.lower()):
+                    return m
+        known = ", ".join(repr(m.value) for m in cls)
+        raise ConfigError(f"unknown scale rounding {r!r}; expected one of {known}")
+
+
+POW2_ROUNDINGS = (ScaleRounding.FLOOR, ScaleRounding.CEIL, ScaleRounding.EVEN, ScaleRounding.RCEIL)
+"""The scale roundings of e8m0 (power-of-two) scales."""
+
+
+@dataclass(frozen=True, repr=False)
+class BlockFormat:
+    """A block-scaled format: elements of one format sharing a scale per ``block`` elements.
+
+    Attributes:
+        name: Label (a preset's name, or one the caller picks).
+        elem: Element format (fp8 e4m3/e5m2, fp6 e3m2/e2m3, fp4 e2m1, or any narrow format).
+        block: Elements per scale (32 for MX, 16 for NVFP4).
+        scale_fmt: ``e8m0`` (power-of-two scales) or ``fp8_e4m3fn`` used as ue4m3 (NVFP4).
+        scale_rounding: How the scale is chosen: floor/ceil/even/rceil for e8m0, rne for e4m3.
+        tensor_scale: Whether an fp32 per-tensor scale is applied first (NVFP4; e4m3 scales only).
+        saturate: Whether elements beyond the element max clamp to +-max (all recipes do).
+        axis: The axis the blocks run along (-1: rows of K-contiguous blocks for ``a`` of a GEMM).
+    """
+
+    name: str
+    elem: Format | str
+    block: int
+    scale_fmt: Format | str = e8m0
+    scale_rounding: ScaleRounding | str = ScaleRounding.FLOOR
+    tensor_scale: bool = False
+    saturate: bool = True
+    axis: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "elem", get_format(self.elem))
+        sf = get_format(self.scale_fmt)
+        object.__setattr__(self, "scale_fmt", sf)
+        sr = ScaleRounding.parse(self.scale_rounding)
+        object.__setattr__(self, "scale_rounding", sr)
+        if not isinstance(self.block, int) or self.block < 1:
+            raise ConfigError(f"BlockFormat {self.name}: block={self.block!r}; expected >= 1")
+        if sf == e8m0:
+            if sr not in POW2_ROUNDINGS:
+                raise ConfigError(
+                    f"BlockFormat {self.name}: e8m0 scales take scale_rounding floor, ceil, "
+                    f"even or rceil, got {sr.value!r}"
+                )
+            if self.tensor_scale:
+                raise ConfigError(
+                    f"BlockFormat {self.name}: a tensor scale needs e4m3 block scales "
+                    "(NVFP4); power-of-two scales have no use for one"
+                )
+        elif sf == fp8_e4m3fn:
+            if sr is not ScaleRounding.NEAREST:
+                raise ConfigError(
+                    f"BlockFormat {self.name}: e4m3 scales are rounded to nearest-even "
+                    f"(scale_rounding='rne'), got {sr.value!r}"
+                )
+        else:
+            raise ConfigError(
+                f"BlockFormat {self.name}: scale format {sf.name}; expected e8m0 or fp8_e4m3fn"
+            )
+        if not isinstance(self.axis, int):
+            raise ConfigError(f"BlockFormat {self.name}: axis={self.axis!r}; expected an int")
+
+    def __repr__(self) -> str:
+        if BLOCK_FORMATS.get(self.name) == self:
+            return self.name
+        elem, sf = _fmt(self.elem), _fmt(self.scale_fmt)
+        sr = ScaleRounding.parse(self.scale_rounding)
+        return (
+            f"BlockFormat({self.name!r}, {elem.name}, block={self.block}, scale={sf.name}/"
+            f"{sr.value}, tensor_scale={self.tensor_scale}, saturate={self.saturate}, "
+            f"axis={self.axis})"
+        )
+
+    def with_rounding(self, r: ScaleRounding | str) -> BlockFormat:
+        """This format with another scale rounding, named ``<name>_<rounding>``."""
+        sr = ScaleRounding.parse(r)
+        base = self.name.split("@")[0]
+        return dataclasses.replace(self, name=f"{base}@{sr.value}", scale_rounding=sr)
+
+    def with_axis(self, axis: int) -> BlockFormat:
+        """This format with blocks along ``axis`` (e.g. 0 for the K axis of a GEMM's ``b``)."""
+        if axis == self.axis:
+            return self
+        base = self.name.split("#")[0]
+        return dataclasses.replace(self, name=f"{base}#axis{axis}", axis=axis)
+
+
+def _fmt(f: Format | str) -> Format:
+    assert isinstance(f, Format)
+    return f
+
+
+def _bfmt_fields(b: BlockFormat) -> tuple[Format, Format, ScaleRounding]:
+    sr = b.scale_rounding
+    assert isinstance(sr, ScaleRounding)
+    return _fmt(b.elem), _fmt(b.scale_fmt), sr
+
+
+mxfp8_e4m3 = BlockFormat("mxfp8_e4m3", fp8_e4m3fn, 32)
+mxfp8_e5m2 = BlockFormat("mxfp8_e5m2", fp8_e5m2, 32)
+mxfp6_e3m2 = BlockFormat("mxfp6_e3m2", fp6_e3m2, 32)
+mxfp6_e2m3 = BlockFormat("mxfp6_e2m3", fp6_e2m3, 32)
+mxfp4 = BlockFormat("mxfp4", fp4_e2m1, 32)
+nvfp4 = BlockFormat(
+    "nvfp4", fp4_e2m1, 16, fp8_e4m3fn, ScaleRounding.NEAREST, tensor_scale=True, saturate=True
+)
+
+BLOCK_FORMATS: dict[str, BlockFormat] = {
+    b.name: b for b in (mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, nvfp4)
+}
+"""The presets by name: OCP MX v1.0 (block 32, e8m0 scales, floor) and NVFP4."""
+
+
+def get_block_format(b: BlockFormat | str) -> BlockFormat:
+    """The preset called ``b`` (or ``b`` itself if it is a :class:`BlockFormat`).
+
+    A name may carry a scale rounding after ``@``: ``"mxfp4@rceil"``.
+
+    Raises:
+        ConfigError: If the name is not a preset or the rounding is unknown.
+    """
+    if isinstance(b, BlockFormat):
+        return b
+    if isinstance(b, str):
+        base, _, rounding = b.strip().lower().partition("@")
+        if base in BLOCK_FORMATS:
+            fmt = BLOCK_FORMATS[base]
+            return fmt.with_rounding(rounding) if rounding else fmt
+    raise ConfigError(
+        f"unknown block format {b!r}; expected one of {', '.join(BLOCK_FORMATS)} "
+        "(optionally '@floor', '@ceil', '@even', '@rceil')"
+    )
+
+
+# ---- the scalar specification ---------------------------------------------------------------
+
+
+def _ceil_log2(a: Fraction) -> int:
+    e = floor_log2(a)
+    return e if Fraction(2) ** e == a else e + 1
+
+
+def scale_exponent_spec(amax: Fraction, elem: Format, rounding: ScaleRounding) -> int:
+    """The e8m0 scale exponent s of a block with max ``amax > 0`` (finite), before clamping.
+
+    Written from the definitions in the module docstring, in exact rationals.
+    """
+    emax = elem.emax
+    if rounding is ScaleRounding.FLOOR:
+        return floor_log2(amax) - emax
+    if rounding is ScaleRounding.CEIL:
+        return _ceil_log2(amax) - emax
+    if rounding is ScaleRounding.RCEIL:
+        return _ceil_log2(amax / Fraction(elem.max))
+    if rounding is ScaleRounding.EVEN:
+        q = Fraction(2) ** (floor_log2(amax) - elem.man_bits)
+        k = math.floor(amax / q)
+        r = (k + 1) * q if amax - k * q > q / 2 else k * q
+        return floor_log2(r) - emax
+    raise ConfigError(f"scale rounding {rounding.value!r} does not give a power-of-two scale")
+
+
+def tensor_scale_spec(values: Sequence[float], bfmt: BlockFormat | str) -> float:
+    """The fp32 tensor scale ``t = fp32(A / (M * 448))`` of NVFP4 (1 without a tensor scale).
+
+    Args:
+        values: Every value of the tensor (non-finite ones are ignored).
+        bfmt: The block format.
+    """
+    b = get_block_format(bfmt)
+    elem, sf, _ = _bfmt_fields(b)
+    finite = [abs(Fraction(v)) for v in values if math.isfinite(v)]
+    big = max(finite, default=Fraction(0))
+    if not b.tensor_scale or big == 0:
+        return 1.0
+    return round_fraction(big / (Fraction(elem.max) * Fraction(sf.max)), fp32)
+
+
+def quantize_block_spec(
+    values: Sequence[float],
+    bfmt: BlockFormat | str,
+    mode: Rounding | str = Rounding.NEAREST_EVEN,
+    *,
+    tensor_scale: float = 1.0,
+    rand_words: Sequence[int] | None = None,
+    sr_bits: int = 8,
+) -> tuple[float, list[float]]:
+    """One block quantised by the definitions, in exact rationals (slow; the specification).
+
+    Args:
+        values: The block's values (floats, taken exactly; up to ``block`` of them).
+        bfmt: The block format.
+        mode: Element rounding.
+        tensor_scale: The tensor scale t (from :func:`tensor_scale_spec`; 1 for MX).
+        rand_words: For stochastic rounding, one word in ``[0, 2**sr_bits)`` per value.
+        sr_bits: Width of the random words.
+
+    Returns:
+        ``(scale, elements)``: the block scale's value (NaN for a block holding NaN/inf) and the
+        element values.
+    """
+    b = get_block_format(bfmt)
+    elem, sf, sr = _bfmt_fields(b)
+    mode = Rounding.parse(mode)
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, [0.0] * len(values)
+    amax = max((abs(Fraction(v)) for v in values), default=Fraction(0))
+    t = Fraction(tensor_scale)
+    if sf == e8m0:
+        if amax == 0:
+            s = E8M0_MIN_EXP
+        else:
+            s = min(max(scale_exponent_spec(amax, elem, sr), E8M0_MIN_EXP), E8M0_MAX_EXP)
+        scale = Fraction(2) ** s
+    else:
+        scale = Fraction(round_fraction(amax / (Fraction(elem.max) * t), sf, saturate=True))
+    if scale == 0:
+        return 0.0, [0.0] * len(values)
+    out = []
+    for i, v in enumerate(values):
+        word = None if rand_words is None else int(rand_words[i])
+        q = Fraction(v) / (scale * t)
+        r = round_fraction(q, elem, mode, saturate=b.saturate, rand_word=word, rand_bits=sr_bits)
+        if r == 0:  # Fraction has no -0: the sign of a zero result is the sign of v
+            r = -0.0 if math.copysign(1.0, v) < 0 and elem.negative_zero else 0.0
+        out.append(r)
+    return float(scale), out
+
+
+# ---- the vectorised twin --------------------------------------------------------------------
+
+
+def divide_round_odd(x: F64, d: F64) -> F64:
+    """``x / d`` rounded to nearest-odd in float64 (x finite, d > 0 finite, no overflow).
+
+    Round-to-odd (Boldo & Melquiond, IEEE Trans. Comput. 57(4), 2008): the float64 quotient is
+    kept if exact, otherwise replaced by its odd neighbour on the true quotient's side. A later
+    rounding into any format with at most 51 significand bits, in any mode, then equals the
+    rounding of the exact quotient (and SR with up to 51 - p random bits sees the same discarded
+    fraction). The remainder ``x - q*d`` is exact: ``q*d`` by Dekker's two-product (Veltkamp
+    splitting), ``x - fl(q*d)`` by Sterbenz's lemma. A quotient that underflows to 0 becomes the
+    smallest float64 of x's sign (a sticky bit for directed modes).
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        q = x / d
+        p = q * d
+        split = 134217729.0  # 2**27 + 1
+        cq = split * q
+        qh = cq - (cq - q)
+        ql = q - qh
+        cd = split * d
+        dh = cd - (cd - d)
+        dl = d - dh
+        err = ((qh * dh - p) + qh * dl + ql * dh) + ql * dl  # q*d - p, exactly
+        r = (x - p) - err  # the sign of x - q*d
+        even = (q.view(np.uint64) & np.uint64(1)) == 0
+        fix = (r != 0) & even & (q != 0)
+        q = np.where(fix, np.nextafter(q, np.where(r > 0, np.inf, -np.inf)), q)
+        tiny = np.copysign(5e-324, x)
+        return np.asarray(np.where((q == 0) & (x != 0), tiny, q), dtype=np.float64)
+
+
+def _to_blocks(arr: NDArray[Any], block: int, axis: int) -> tuple[NDArray[Any], int]:
+    """arr with ``axis`` moved last and split into (..., nblocks, block), zero-padded."""
+    moved = np.moveaxis(arr, axis, -1)
+    n = moved.shape[-1]
+    nb = -(-n // block)
+    pad = nb * block - n
+    if pad:
+        moved = np.concatenate([moved, np.zeros((*moved.shape[:-1], pad), arr.dtype)], axis=-1)
+    return moved.reshape(*moved.shape[:-1], nb, block), n
+
+
+def _from_blocks(blocks: NDArray[Any], n: int, axis: int) -> NDArray[Any]:
+    flat = blocks.reshape(*blocks.shape[:-2], -1)[..., :n]
+    return np.moveaxis(flat, -1, axis)
+
+
+def _scale_exponents(amax: NDArray[Any], elem: Format, rounding: ScaleRounding) -> NDArray[Any]:
+    """Vectorised e8m0 scale exponents (int32) from block maxima, clamped; -127 for 0."""
+    pos = np.isfinite(amax) & (amax > 0)
+    mant, e2 = np.frexp(np.where(pos, amax, 1.0))
+    sig = 2.0 * mant  # significand in [1, 2)
+    s = e2.astype(np.int32) - 1 - elem.emax
+    if rounding is ScaleRounding.CEIL:
+        s += sig > 1.0
+    elif rounding is ScaleRounding.EVEN:
+        s += sig > 2.0 - 2.0 ** -(elem.man_bits + 1)
+    elif rounding is ScaleRounding.RCEIL:
+        s += sig > elem.max / 2.0**elem.emax
+    s = np.clip(s, E8M0_MIN_EXP, E8M0_MAX_EXP)
+    return np.where(pos, s, E8M0_MIN_EXP).astype(np.int32)
+
+
+def _round_elements(
+    q: NDArray[Any],
+    elem: Format,
+    mode: Rounding,
+    saturate: bool,
+    words: NDArray[np.uint64] | None,
+    sr_bits: int,
+) -> NDArray[Any]:
+    if mode is not Rounding.STOCHASTIC:
+        return np.asarray(round_to(q, elem, mode, saturate=saturate))
+    assert words is not None
+    a = np.abs(q).astype(np.float64)
+    a = np.where(np.isfinite(a), a, 0.0)  # non-finite blocks are zeroed by the caller
+    _, e2 = np.frexp(np.where(a > 0, a, 1.0))
+    quantum = np.ldexp(1.0, np.maximum(e2.astype(np.int32) - 1, elem.emin) - elem.man_bits)
+    lo = np.floor(a / quantum) * quantum
+    frac = np.floor((a - lo) / quantum * 2.0**sr_bits).astype(np.uint64)
+    up = words + frac >= np.uint64(1 << sr_bits)
+    mag = np.where(up, lo + quantum, lo)
+    if saturate:
+        mag = np.minimum(mag, elem.max)
+    else:
+        over = np.inf if elem.has_inf else (np.nan if elem.has_nan else elem.max)
+        mag = np.where(mag > elem.max, over, mag)
+    out = np.where(np.signbit(q), -mag, mag)
+    if not elem.negative_zero:
+        out = np.where(out == 0, 0.0, out)
+    return out.astype(q.dtype)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The packed bits of a :class:`BlockTensor`.
+
+    Attributes:
+        elements: uint8 bytes: element codes in the tensor's C order, packed LSB first (code i
+            occupies bits ``[i*w, (i+1)*w)`` of the little-endian bit stream, w = element bits:
+            two fp4 codes per byte, low nibble first; four fp6 codes per three bytes).
+        scales: uint8 scale codes, one per block (shape of :attr:`BlockTensor.scales`).
+        tensor_scale: fp32 bit pattern of the tensor scale (None without a tensor scale).
+        shape: The tensor's shape.
+        bfmt: The block format.
+    """
+
+    elements: NDArray[np.uint8]
+    scales: NDArray[np.uint8]
+    tensor_scale: int | None
+    shape: tuple[int, ...]
+    bfmt: BlockFormat
+
+
+@dataclass(frozen=True)
+class BlockTensor:
+    """A tensor quantised into a block-scaled format.
+
+    Attributes:
+        elements: Element values (x's shape, x's carrier dtype), each a value of ``bfmt.elem``.
+        scales: Block scale values, float64, shape of x with ``bfmt.axis`` replaced by the
+            number of blocks (NaN for a block that held NaN or inf).
+        tensor_scale: The fp32 tensor scale (1.0 when the format has none).
+        bfmt: The block format.
+    """
+
+    elements: NDArray[Any]
+    scales: F64
+    tensor_scale: float
+    bfmt: BlockFormat
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape."""
+        return tuple(self.elements.shape)
+
+    def full_scales(self) -> F64:
+        """``block_scale * tensor_scale`` broadcast to the tensor's shape (float64, exact)."""
+        ax = self.bfmt.axis % self.elements.ndim
+        rep = np.repeat(self.scales, self.bfmt.block, axis=ax)
+        rep = np.take(rep, np.arange(self.elements.shape[ax]), axis=ax)
+        return np.asarray(rep * self.tensor_scale, dtype=np.float64)
+
+    def dequantize(self) -> F64:
+        """``elements * block_scale * tensor_scale`` in float64 (exact: at most 2+4+24 bits)."""
+        return np.asarray(self.elements.astype(np.float64) * self.full_scales(), dtype=np.float64)
+
+    def encode(self) -> Encoded:
+        """The packed element codes, the scale codes and the tensor scale's fp32 bits."""
+        elem, sf, _ = _bfmt_fields(self.bfmt)
+        codes = np.asarray(encode(self.elements.reshape(-1), elem), dtype=np.uint64)
+        packed = _pack(codes, elem.bits)
+        sc = np.asarray(encode(self.scales, sf), dtype=np.uint8).reshape(self.scales.shape)
+        ts = None
+        if self.bfmt.tensor_scale:
+            ts = int(np.array(self.tensor_scale, dtype=np.float32).view(np.uint32))
+        return Encoded(packed, sc, ts, self.shape, self.bfmt)
+
+
+def _pack(codes: NDArray[np.uint64], width: int) -> NDArray[np.uint8]:
+    if width == 8:
+        return codes.astype(np.uint8)
+    if width == 4:
+        c = codes.astype(np.uint8)
+        if c.size % 2:
+            c = np.concatenate([c, np.zeros(1, np.uint8)])
+        return np.asarray(c[0::2] | (c[1::2] << 4), dtype=np.uint8)
+    bits = ((codes[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little")
+
+
+def _unpack(packed: NDArray[np.uint8], width: int, count: int) -> NDArray[np.uint64]:
+    bits = np.unpackbits(packed, bitorder="little")[: count * width].reshape(count, width)
+    weights = np.uint64(1) << np.arange(width, dtype=np.uint64)
+    return np.asarray((bits.astype(np.uint64) * weights).sum(axis=1), dtype=np.uint64)
+
+
+def decode_block_tensor(enc: Encoded) -> BlockTensor:
+    """The :class:`BlockTensor` whose :meth:`~BlockTensor.encode` is ``enc``.
+
+    Raises:
+        ShapeError: If the byte counts do not fit the shape and format.
+    """
+    elem, sf, _ = _bfmt_fields(enc.bfmt)
+    count = math.prod(enc.shape)
+    if enc.elements.size * 8 < count * elem.bits:
+        raise ShapeError(
+            f"{enc.elements.size} element bytes hold fewer than {count} codes of {elem.bits} bits"
+        )
+    codes = _unpack(np.asarray(enc.elements, dtype=np.uint8), elem.bits, count)
+    values = np.asarray(decode(codes, elem), dtype=np.float64).reshape(enc.shape)
+    scales = np.asarray(decode(enc.scales.astype(np.uint64), sf), dtype=np.float64)
+    ts = 1.0
+    if enc.tensor_scale is not None:
+        ts = float(np.array(enc.tensor_scale, dtype=np.uint32).view(np.float32))
+    return BlockTensor(values, scales.reshape(enc.scales.shape), ts, enc.bfmt)
+
+
+def block_amax(x: ArrayLike, bfmt: BlockFormat | str) -> F64:
+    """max |x| over each block (NaN/inf propagate), shaped as :attr:`BlockTensor.scales`."""
+    b = get_block_format(bfmt)
+    arr = np.asarray(as_carrier(x, "x"))
+    if arr.ndim == 0:
+        raise ShapeError("x is a scalar; block scaling needs at least one axis")
+    blocks, _ = _to_blocks(np.abs(arr), b.block, _axis(b, arr))
+    return np.moveaxis(blocks.max(axis=-1).astype(np.float64), -1, _axis(b, arr))
+
+
+def _axis(b: BlockFormat, arr: NDArray[Any]) -> int:
+    if not -arr.ndim <= b.axis < arr.ndim:
+        raise ShapeError(f"block axis {b.axis} is out of range for x of shape {arr.shape}")
+    return b.axis % arr.ndim
+
+
+def quantize(
+    x: ArrayLike,
+    bfmt: BlockFormat | str,
+    mode: Rounding | str = Rounding.NEAREST_EVEN,
+    *,
+    rng: np.random.Generator | None = None,
+    sr_bits: int = 8,
+) -> BlockTensor:
+    """``x`` quantised into the block-scaled format ``bfmt`` (see the module docstring).
+
+    Args:
+        x: float32 or float64 array (float32 stays float32 for e8m0 scales: the scaling is
+            exact in it) with at least one axis.
+        bfmt: The block format or a preset name (``"mxfp4"``, ``"mxfp8_e4m3@rceil"``).
+        mode: Element rounding (any :class:`~lowprec.rounding.Rounding`).
+        rng: Required for stochastic rounding: the words are
+            ``rng.integers(0, 2**sr_bits, size=x.size)`` in x's C order.
+        sr_bits: Random bits per element for stochastic rounding (1..32; hardware uses 8).
+
+    Returns:
+        The :class:`BlockTensor`.
+
+    Raises:
+        LowprecError: Unknown format or mode, a scalar x, an axis out of range, SR without a
+            numpy Generator, or sr_bits outside 1..32.
+    """
+    b = get_block_format(bfmt)
+    elem, sf, sr = _bfmt_fields(b)
+    mode = Rounding.parse(mode)
+    arr = np.asarray(as_carrier(x, "x"))
+    if arr.ndim == 0:
+        raise ShapeError("x is a scalar; block scaling needs at least one axis")
+    ax = _axis(b, arr)
+    words = None
+    if mode is Rounding.STOCHASTIC:
+        if not isinstance(rng, np.random.Generator):
+            raise LowprecError(
+                f"stochastic rounding needs rng=numpy.random.Generator (got {rng!r})"
+            )
+        if not 1 <= int(sr_bits) <= 32:
+            raise LowprecError(f"sr_bits={sr_bits!r}; expected 1..32")
+        w = np.asarray(rng.integers(0, 1 << int(sr_bits), size=arr.shape, dtype=np.uint64))
+        words, _ = _to_blocks(w, b.block, ax)
+    if sf != e8m0 and arr.dtype != np.float64:
+        arr = arr.astype(np.float64)
+    blocks, n = _to_blocks(arr, b.block, ax)  # (..., nb, block)
+    amax = np.abs(blocks).max(axis=-1)  # (..., nb); NaN/inf propagate
+    finite = np.isfinite(amax)
+    tscale = 1.0
+    if sf == e8m0:
+        s = _scale_exponents(amax, elem, sr)
+        scale = np.ldexp(1.0, s)
+        inv = np.ldexp(np.ones((), arr.dtype), -s)
+        with np.errstate(invalid="ignore"):
+            q = blocks * inv[..., None]
+        if mode not in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY, Rounding.TOWARD_ZERO):
+            # a quotient below the carrier's range keeps its sign and stickiness
+            tiny = np.copysign(np.finfo(arr.dtype).smallest_subnormal, blocks)
+            q = np.where((q == 0) & (blocks != 0), tiny, q)
+    else:
+        if b.tensor_scale:
+            fin = np.isfinite(arr)
+            big = float(np.max(np.abs(arr), where=fin, initial=0.0))
+            if big > 0:
+                den = np.asarray(elem.max * sf.max)
+                tscale = float(round_to(divide_round_odd(np.asarray(big), den), fp32))
+        with np.errstate(invalid="ignore"):
+            safe_amax = np.where(finite, amax, 0.0)
+        scale = np.asarray(
+            round_to(divide_round_odd(safe_amax, np.asarray(elem.max * tscale)), sf, saturate=True),
+            dtype=np.float64,
+        )
+        d = scale * tscale  # exact: 4 + 24 significant bits
+        ok = finite & (scale > 0)
+        dd = np.where(ok, d, 1.0)[..., None]
+        q = divide_round_odd(np.where(ok[..., None], blocks, 0.0), dd)
+    elements = _round_elements(q, elem, mode, b.saturate, words, sr_bits)
+    keep = finite & (scale > 0)
+    elements = np.where(keep[..., None], elements, np.zeros((), elements.dtype))
+    scale = np.where(finite, scale, np.nan)
+    return BlockTensor(
+        np.ascontiguousarray(_from_blocks(elements, n, ax)),
+        np.ascontiguousarray(np.moveaxis(scale, -1, ax)),
+        tscale,
+        b,
+    )
