@@ -48,6 +48,16 @@ def _single_threaded_blas() -> Any:
     return _controller.limit(limits=1, user_api="blas")
 
 
+def single_threaded_blas() -> Any:
+    """Context: BLAS on one thread within it, so that its results do not depend on the machine's
+    core count or on ``OPENBLAS_NUM_THREADS`` (OpenBLAS's products were measured to differ in
+    their last bits between one and two threads on the training studies' shapes).
+
+    Enter and leave it on the same thread (see :func:`_single_threaded_blas`).
+    """
+    return _single_threaded_blas()
+
+
 def workers() -> int:
     """Threads :func:`map_chunks` would use: numba's thread count (``NUMBA_NUM_THREADS``)."""
     return max(1, int(numba.get_num_threads()))

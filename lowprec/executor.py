@@ -326,7 +326,7 @@ def get_executor(
     raise ConfigError(f"unknown executor {name!r}; expected one of {EXECUTORS}")
 
 
-def add_arguments(parser: Any, *, default: str = "serial") -> None:
+def add_arguments(parser: Any, *, default: str = "local") -> None:
     """Add ``--executor``, ``--workers`` and ``--address`` to an argparse parser."""
     parser.add_argument(
         "--executor",
@@ -347,5 +347,11 @@ def add_arguments(parser: Any, *, default: str = "serial") -> None:
 
 
 def from_arguments(args: Any) -> Executor:
-    """The executor an argparse namespace built by :func:`add_arguments` names."""
+    """The executor an argparse namespace built by :func:`add_arguments` names.
+
+    ``local`` on a machine of one CPU without ``--workers`` runs in this process (a pool of one
+    worker would only add its start-up).
+    """
+    if args.executor == "local" and args.workers is None and _workers(None) == 1:
+        return SerialExecutor()
     return get_executor(args.executor, workers=args.workers, address=args.address)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lowprec._threads import single_threaded_blas
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 
 BUNDLED_CORPUS = "tinyshakespeare_100k.txt"
@@ -277,11 +278,14 @@ class CharCorpus:
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run torch and numba on one thread inside the block (restored afterwards).
+    """Run torch, numba and numpy's BLAS on one thread inside the block (restored afterwards).
 
     The models and emulated kernels of the training studies work on arrays of a few thousand
     elements, where a thread pool's fork/join costs more than it saves: on a loaded 2-core machine
-    a parallel numba region was measured at ~15 ms per call against ~30 us single-threaded.
+    a parallel numba region was measured at ~15 ms per call against ~30 us single-threaded. One
+    BLAS thread also makes the bits independent of the core count: OpenBLAS's fp64 products (the
+    emulated attention's fp64 reference) differ in their last bits between one and two threads,
+    so a seed run in a worker process of another thread count would give another result.
     """
     import numba
 
@@ -289,7 +293,8 @@ def single_threaded() -> Iterator[None]:
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     try:
-        yield
+        with single_threaded_blas():
+            yield
     finally:
         torch.set_num_threads(old_torch)
         numba.set_num_threads(old_numba)

@@ -60,3 +60,19 @@ def test_cli_examples_run() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip()
+
+
+def test_readme_sweep_command_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    line = re.search(r"^lowprec sweep (\S+\.toml)$", text, re.M)
+    assert line, "the README shows a lowprec sweep command on a line of its own"
+    done = subprocess.run(
+        [sys.executable, "-m", "lowprec", "sweep", line.group(1), "--out", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        cwd=README.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    said = re.search(r"`(sweep \S+: \d+/\d+ units done \(0 reused, \d+ run on )local x\d+\)", text)
+    assert said and said.group(1) in done.stdout
+    assert (tmp_path / "s" / "summary.json").is_file()
