@@ -58,9 +58,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec._jit import parallel_and_serial, use_parallel
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import (
     Format,
@@ -372,20 +374,238 @@ def divide_round_odd(x: F64, d: F64) -> F64:
         return np.asarray(np.where((q == 0) & (x != 0), tiny, q), dtype=np.float64)
 
 
-def _to_blocks(arr: NDArray[Any], block: int, axis: int) -> tuple[NDArray[Any], int]:
-    """arr with ``axis`` moved last and split into (..., nblocks, block), zero-padded."""
-    moved = np.moveaxis(arr, axis, -1)
-    n = moved.shape[-1]
-    nb = -(-n // block)
-    pad = nb * block - n
-    if pad:
-        moved = np.concatenate([moved, np.zeros((*moved.shape[:-1], pad), arr.dtype)], axis=-1)
-    return moved.reshape(*moved.shape[:-1], nb, block), n
+# ---- compiled loops -------------------------------------------------------------------------
+# mode codes of the element-rounding loop
+_RNE, _RNA, _RTZ, _UP, _DOWN, _ODD, _SR = range(7)
+_NO_SCALE = -(1 << 20)  # the scale exponent of a NaN block in the power-of-two loop
+_MODE = {
+    Rounding.NEAREST_EVEN: _RNE,
+    Rounding.NEAREST_AWAY: _RNA,
+    Rounding.TOWARD_ZERO: _RTZ,
+    Rounding.UP: _UP,
+    Rounding.DOWN: _DOWN,
+    Rounding.ODD: _ODD,
+    Rounding.STOCHASTIC: _SR,
+}
 
 
-def _from_blocks(blocks: NDArray[Any], n: int, axis: int) -> NDArray[Any]:
-    flat = blocks.reshape(*blocks.shape[:-2], -1)[..., :n]
-    return np.moveaxis(flat, -1, axis)
+@numba.njit(cache=True, inline="always")
+def _exp2(e: int) -> float:
+    """2**e as float64, built from its bits (libm's ldexp costs ~20 ns)."""
+    if e < -1022:
+        return math.ldexp(1.0, e)
+    return float(np.int64((e + 1023) << 52).view(np.float64))
+
+
+@numba.njit(cache=True, inline="always")
+def _ilog2(v: float) -> int:
+    """floor(log2 v) for finite v > 0, from the exponent field (frexp below float64 normals)."""
+    field = (np.float64(v).view(np.int64) >> 52) & 2047
+    if field == 0:
+        return math.frexp(v)[1] - 1
+    return int(field) - 1023
+
+
+def _amax_loop(x: NDArray[Any], block: int, out: F64) -> None:
+    """out[r, j] = max |x[r, j*block : (j+1)*block]| (NaN if the block holds NaN)."""
+    rows, n = x.shape
+    nb = out.shape[1]
+    for r in numba.prange(rows):
+        for j in range(nb):
+            hi = min(n, (j + 1) * block)
+            a = 0.0
+            for i in range(j * block, hi):
+                v = abs(np.float64(x[r, i]))
+                if v > a or v != v:
+                    a = v
+                    if v != v:
+                        break
+            out[r, j] = a
+
+
+def _round_loop(
+    x: NDArray[Any],
+    d: F64,
+    words: NDArray[np.uint64],
+    out: NDArray[Any],
+    block: int,
+    man_bits: int,
+    emin: int,
+    maxv: float,
+    mode: int,
+    sr_bits: int,
+    saturate: bool,
+    over: float,
+    neg_zero: bool,
+    subnormals: bool,
+) -> None:
+    """out = round_elem(x / d[block]) for every element, exactly (d > 0 finite; else 0).
+
+    For a = |x| and the block's divisor d, the quantum of the element format at a/d is
+    ``g = 2**(max(e, emin) - man_bits)`` with e = floor(log2(a/d)), found from an estimate and
+    corrected by exact comparisons with ``2**e * d``; then ``k = floor(a / (g*d))``, corrected
+    the same way, and the remainder ``r = a - k*g*d`` is exact (Sterbenz): every rounding
+    decision compares r with ``g*d`` exactly (products of at most 31 + 24 bits are exact in
+    float64). ``over`` is what an overflow becomes when it does not saturate to ``maxv``.
+    """
+    rows, n = x.shape
+    one = np.uint64(1)
+    for r in numba.prange(rows):
+        for i in range(n):
+            dv = d[r, i // block]
+            xv = np.float64(x[r, i])
+            if not (dv > 0.0 and dv < np.inf):
+                out[r, i] = 0.0
+                continue
+            neg = bool(xv < 0.0 or (xv == 0.0 and math.copysign(1.0, xv) < 0.0))
+            a = abs(xv)
+            mag = 0.0
+            if a > 0.0:
+                e = _ilog2(a / dv)
+                if _exp2(e) * dv > a:
+                    e -= 1
+                elif _exp2(e + 1) * dv <= a:
+                    e += 1
+                g = _exp2(max(e, emin) - man_bits)
+                gd = g * dv
+                k = math.floor(a / gd)
+                if k * gd > a:
+                    k -= 1
+                elif (k + 1.0) * gd <= a:
+                    k += 1
+                rem = a - k * gd
+                up = False
+                if rem > 0.0:
+                    if mode == 0:
+                        up = 2.0 * rem > gd or (2.0 * rem == gd and k % 2.0 == 1.0)
+                    elif mode == 1:
+                        up = 2.0 * rem >= gd
+                    elif mode == 3:
+                        up = not neg
+                    elif mode == 4:
+                        up = neg
+                    elif mode == 5:
+                        up = k % 2.0 == 0.0
+                    elif mode == 6:
+                        scaled = rem * _exp2(sr_bits)
+                        f = math.floor(scaled / gd)
+                        if f * gd > scaled:
+                            f -= 1
+                        elif (f + 1.0) * gd <= scaled:
+                            f += 1
+                        up = words[r, i] + np.uint64(f) >= (one << np.uint64(sr_bits))
+                mag = (k + 1.0) * g if up else k * g
+                if mag > maxv:
+                    if saturate:
+                        mag = maxv
+                    elif mode in (0, 1, 6) or (mode == 3 and not neg) or (mode == 4 and neg):
+                        mag = over
+                    else:
+                        mag = maxv
+                if not subnormals and mag < _exp2(emin):
+                    mag = 0.0
+            if mag == 0.0 and not neg_zero:
+                out[r, i] = 0.0
+            else:
+                out[r, i] = -mag if neg else mag
+
+
+def _round_pow2_loop(
+    xbits: NDArray[Any],
+    sexp: NDArray[np.int32],
+    words: NDArray[np.uint64],
+    out: NDArray[Any],
+    block: int,
+    cm: int,
+    cb: int,
+    man_bits: int,
+    emin: int,
+    maxv: float,
+    mode: int,
+    sr_bits: int,
+    saturate: bool,
+    over: float,
+    neg_zero: bool,
+    subnormals: bool,
+) -> None:
+    """out = round_elem(x * 2**-s[block]) on the bits of x (carrier with ``cm`` fraction bits,
+    bias ``cb``); s = NO_SCALE marks a NaN block (zeros).
+
+    x = M * 2**(ex - cm) with the integer significand M; the element quantum at x * 2**-s is
+    ``2**qe``, ``qe = max(ex - s, emin) - man_bits``, so ``shift = qe + cm + s - ex`` low bits
+    of M are discarded: ``k = M >> shift`` and the remainder decides, in integers.
+    """
+    rows, n = xbits.shape
+    sign_shift = 63 if cm == 52 else 31
+    ebits = 11 if cm == 52 else 8
+    nb = sexp.shape[1]
+    for rj in numba.prange(rows * nb):
+        r = rj // nb
+        sv = sexp[r, rj - r * nb]
+        lo = (rj - r * nb) * block
+        for i in range(lo, min(n, lo + block)):
+            b = np.int64(xbits[r, i])
+            neg = bool(((b >> sign_shift) & 1) == 1)
+            if sv == _NO_SCALE:
+                out[r, i] = 0.0
+                continue
+            field = (b >> cm) & ((1 << ebits) - 1)
+            frac = b & ((np.int64(1) << cm) - 1)
+            mag = 0.0
+            if field != 0 or frac != 0:
+                if field == 0:
+                    ex = np.int64(1 - cb)
+                    big = frac
+                else:
+                    ex = field - cb
+                    big = frac | (np.int64(1) << cm)
+                qe = max(ex - sv, emin) - man_bits
+                shift = qe + cm + sv - ex
+                up = False
+                if shift <= 0:
+                    k = big << min(-shift, 62)
+                    rem = np.int64(0)
+                else:
+                    sh = min(shift, 62)
+                    k = big >> sh
+                    rem = big & ((np.int64(1) << sh) - 1)
+                    half = np.int64(1) << (sh - 1)
+                    if rem != 0:
+                        if mode == 0:
+                            up = rem > half or (rem == half and (k & 1) == 1)
+                        elif mode == 1:
+                            up = rem >= half
+                        elif mode == 3:
+                            up = not neg
+                        elif mode == 4:
+                            up = neg
+                        elif mode == 5:
+                            up = (k & 1) == 0
+                        elif mode == 6:
+                            if sh >= sr_bits:
+                                f = rem >> (sh - sr_bits)
+                            else:
+                                f = rem << (sr_bits - sh)
+                            up = np.int64(words[r, i]) + f >= (np.int64(1) << sr_bits)
+                mag = np.float64(k + 1 if up else k) * _exp2(qe)
+                if mag > maxv:
+                    if saturate:
+                        mag = maxv
+                    elif mode in (0, 1, 6) or (mode == 3 and not neg) or (mode == 4 and neg):
+                        mag = over
+                    else:
+                        mag = maxv
+                if not subnormals and mag < _exp2(emin):
+                    mag = 0.0
+            if mag == 0.0 and not neg_zero:
+                out[r, i] = 0.0
+            else:
+                out[r, i] = -mag if neg else mag
+
+
+_amax_par, _amax_ser = parallel_and_serial(_amax_loop)
+_pow2_par, _pow2_ser = parallel_and_serial(_round_pow2_loop)
+_round_par, _round_ser = parallel_and_serial(_round_loop)
 
 
 def _scale_exponents(amax: NDArray[Any], elem: Format, rounding: ScaleRounding) -> NDArray[Any]:
@@ -402,36 +622,6 @@ def _scale_exponents(amax: NDArray[Any], elem: Format, rounding: ScaleRounding) 
         s += sig > elem.max / 2.0**elem.emax
     s = np.clip(s, E8M0_MIN_EXP, E8M0_MAX_EXP)
     return np.where(pos, s, E8M0_MIN_EXP).astype(np.int32)
-
-
-def _round_elements(
-    q: NDArray[Any],
-    elem: Format,
-    mode: Rounding,
-    saturate: bool,
-    words: NDArray[np.uint64] | None,
-    sr_bits: int,
-) -> NDArray[Any]:
-    if mode is not Rounding.STOCHASTIC:
-        return np.asarray(round_to(q, elem, mode, saturate=saturate))
-    assert words is not None
-    a = np.abs(q).astype(np.float64)
-    a = np.where(np.isfinite(a), a, 0.0)  # non-finite blocks are zeroed by the caller
-    _, e2 = np.frexp(np.where(a > 0, a, 1.0))
-    quantum = np.ldexp(1.0, np.maximum(e2.astype(np.int32) - 1, elem.emin) - elem.man_bits)
-    lo = np.floor(a / quantum) * quantum
-    frac = np.floor((a - lo) / quantum * 2.0**sr_bits).astype(np.uint64)
-    up = words + frac >= np.uint64(1 << sr_bits)
-    mag = np.where(up, lo + quantum, lo)
-    if saturate:
-        mag = np.minimum(mag, elem.max)
-    else:
-        over = np.inf if elem.has_inf else (np.nan if elem.has_nan else elem.max)
-        mag = np.where(mag > elem.max, over, mag)
-    out = np.where(np.signbit(q), -mag, mag)
-    if not elem.negative_zero:
-        out = np.where(out == 0, 0.0, out)
-    return out.astype(q.dtype)
 
 
 @dataclass(frozen=True)
@@ -540,13 +730,16 @@ def decode_block_tensor(enc: Encoded) -> BlockTensor:
 
 
 def block_amax(x: ArrayLike, bfmt: BlockFormat | str) -> F64:
-    """max |x| over each block (NaN/inf propagate), shaped as :attr:`BlockTensor.scales`."""
+    """max |x| over each block (NaN where a block holds NaN), shaped as
+    :attr:`BlockTensor.scales`."""
     b = get_block_format(bfmt)
     arr = np.asarray(as_carrier(x, "x"))
     if arr.ndim == 0:
         raise ShapeError("x is a scalar; block scaling needs at least one axis")
-    blocks, _ = _to_blocks(np.abs(arr), b.block, _axis(b, arr))
-    return np.moveaxis(blocks.max(axis=-1).astype(np.float64), -1, _axis(b, arr))
+    ax = _axis(b, arr)
+    moved = np.moveaxis(arr, ax, -1)
+    x2 = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+    return np.moveaxis(_amax_rows(x2, b.block).reshape(*moved.shape[:-1], -1), -1, ax)
 
 
 def _axis(b: BlockFormat, arr: NDArray[Any]) -> int:
@@ -566,20 +759,20 @@ def quantize(
     """``x`` quantised into the block-scaled format ``bfmt`` (see the module docstring).
 
     Args:
-        x: float32 or float64 array (float32 stays float32 for e8m0 scales: the scaling is
-            exact in it) with at least one axis.
+        x: float32 or float64 array with at least one axis (the elements keep its carrier:
+            every element value is exact in float32).
         bfmt: The block format or a preset name (``"mxfp4"``, ``"mxfp8_e4m3@rceil"``).
         mode: Element rounding (any :class:`~lowprec.rounding.Rounding`).
         rng: Required for stochastic rounding: the words are
-            ``rng.integers(0, 2**sr_bits, size=x.size)`` in x's C order.
-        sr_bits: Random bits per element for stochastic rounding (1..32; hardware uses 8).
+            ``rng.integers(0, 2**sr_bits, size=x.shape)`` in x's C order.
+        sr_bits: Random bits per element for stochastic rounding (1..24; hardware uses 8).
 
     Returns:
         The :class:`BlockTensor`.
 
     Raises:
         LowprecError: Unknown format or mode, a scalar x, an axis out of range, SR without a
-            numpy Generator, or sr_bits outside 1..32.
+            numpy Generator, or sr_bits outside 1..24.
     """
     b = get_block_format(bfmt)
     elem, sf, sr = _bfmt_fields(b)
@@ -588,56 +781,57 @@ def quantize(
     if arr.ndim == 0:
         raise ShapeError("x is a scalar; block scaling needs at least one axis")
     ax = _axis(b, arr)
-    words = None
+    moved = np.moveaxis(arr, ax, -1)
+    n = moved.shape[-1]
+    x2 = np.ascontiguousarray(moved).reshape(-1, n)  # (rows, n): blocks along the rows
+    words = np.zeros((1, 1), np.uint64)
     if mode is Rounding.STOCHASTIC:
         if not isinstance(rng, np.random.Generator):
             raise LowprecError(
                 f"stochastic rounding needs rng=numpy.random.Generator (got {rng!r})"
             )
-        if not 1 <= int(sr_bits) <= 32:
-            raise LowprecError(f"sr_bits={sr_bits!r}; expected 1..32")
-        w = np.asarray(rng.integers(0, 1 << int(sr_bits), size=arr.shape, dtype=np.uint64))
-        words, _ = _to_blocks(w, b.block, ax)
-    if sf != e8m0 and arr.dtype != np.float64:
-        arr = arr.astype(np.float64)
-    blocks, n = _to_blocks(arr, b.block, ax)  # (..., nb, block)
-    amax = np.abs(blocks).max(axis=-1)  # (..., nb); NaN/inf propagate
+        if not 1 <= int(sr_bits) <= 24:
+            raise LowprecError(f"sr_bits={sr_bits!r}; expected 1..24")
+        w = rng.integers(0, 1 << int(sr_bits), size=arr.shape, dtype=np.uint64)
+        words = np.ascontiguousarray(np.moveaxis(np.asarray(w), ax, -1)).reshape(-1, n)
+    amax = _amax_rows(x2, b.block)  # (rows, nb)
     finite = np.isfinite(amax)
     tscale = 1.0
     if sf == e8m0:
-        s = _scale_exponents(amax, elem, sr)
-        scale = np.ldexp(1.0, s)
-        inv = np.ldexp(np.ones((), arr.dtype), -s)
-        with np.errstate(invalid="ignore"):
-            q = blocks * inv[..., None]
-        if mode not in (Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY, Rounding.TOWARD_ZERO):
-            # a quotient below the carrier's range keeps its sign and stickiness
-            tiny = np.copysign(np.finfo(arr.dtype).smallest_subnormal, blocks)
-            q = np.where((q == 0) & (blocks != 0), tiny, q)
+        scale = np.ldexp(1.0, _scale_exponents(amax, elem, sr))
+        d = scale
     else:
         if b.tensor_scale:
-            fin = np.isfinite(arr)
-            big = float(np.max(np.abs(arr), where=fin, initial=0.0))
+            big = float(np.max(amax, where=finite, initial=0.0))
+            if not finite.all():
+                big = float(np.max(np.abs(arr), where=np.isfinite(arr), initial=0.0))
             if big > 0:
                 den = np.asarray(elem.max * sf.max)
                 tscale = float(round_to(divide_round_odd(np.asarray(big), den), fp32))
-        with np.errstate(invalid="ignore"):
-            safe_amax = np.where(finite, amax, 0.0)
-        scale = np.asarray(
-            round_to(divide_round_odd(safe_amax, np.asarray(elem.max * tscale)), sf, saturate=True),
-            dtype=np.float64,
-        )
+        safe = np.where(finite, amax, 0.0)
+        ratio = divide_round_odd(safe, np.asarray(elem.max * tscale))
+        scale = np.asarray(round_to(ratio, sf, saturate=True), dtype=np.float64)
         d = scale * tscale  # exact: 4 + 24 significant bits
-        ok = finite & (scale > 0)
-        dd = np.where(ok, d, 1.0)[..., None]
-        q = divide_round_odd(np.where(ok[..., None], blocks, 0.0), dd)
-    elements = _round_elements(q, elem, mode, b.saturate, words, sr_bits)
-    keep = finite & (scale > 0)
-    elements = np.where(keep[..., None], elements, np.zeros((), elements.dtype))
     scale = np.where(finite, scale, np.nan)
-    return BlockTensor(
-        np.ascontiguousarray(_from_blocks(elements, n, ax)),
-        np.ascontiguousarray(np.moveaxis(scale, -1, ax)),
-        tscale,
-        b,
-    )
+    out = np.empty_like(x2)
+    over = np.inf if elem.has_inf else (np.nan if elem.has_nan else elem.max)
+    par = use_parallel(x2.size)
+    tail = (b.block, elem.man_bits, elem.emin, elem.max, _MODE[mode], int(sr_bits), b.saturate,
+            over, elem.negative_zero, elem.subnormals)  # fmt: skip
+    if sf == e8m0:
+        sexp = np.where(finite, _scale_exponents(amax, elem, sr), _NO_SCALE).astype(np.int32)
+        cm, cb = (52, 1023) if x2.dtype == np.float64 else (23, 127)
+        xbits = x2.view(np.int64 if cm == 52 else np.int32)
+        (_pow2_par if par else _pow2_ser)(xbits, sexp, words, out, tail[0], cm, cb, *tail[1:])
+    else:
+        d = np.where(finite, d, np.nan)
+        (_round_par if par else _round_ser)(x2, d, words, out, *tail)
+    elements = np.moveaxis(out.reshape(moved.shape), -1, ax)
+    scales = np.moveaxis(scale.reshape(*moved.shape[:-1], -1), -1, ax)
+    return BlockTensor(np.ascontiguousarray(elements), np.ascontiguousarray(scales), tscale, b)
+
+
+def _amax_rows(x2: NDArray[Any], block: int) -> F64:
+    out = np.empty((x2.shape[0], -(-x2.shape[1] // block)))
+    (_amax_par if use_parallel(x2.size) else _amax_ser)(x2, block, out)
+    return out
