@@ -89,3 +89,7 @@ def test_bad_operands(rng):
         block_scaled_mma("mxfp8_e4m3", "nvfp4")
     with pytest.raises(ConfigError):
         type(model)("x", "mxf4nvf4", 32, "fp8_e4m3fn", "nvfp4", "nvfp4")
+    from lowprec.accum import RoundOnce
+
+    with pytest.raises(ConfigError, match="block-scaled model"):
+        matmul(qa, qa, accum=RoundOnce("fp32"))
