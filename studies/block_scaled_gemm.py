@@ -16,6 +16,10 @@ product; the error is measured against the fp64 product of the unquantised input
   the exact product is unchanged), and with stochastic rounding (8 random bits) of B, the
   gradient-like operand (NVIDIA's NVFP4 recipe, arXiv 2509.25149).
 
+The backward of a linear layer Y = X W under MXFP8 (dX = dY W^T, dW = X^T dY, every operand
+quantised along the contracted axis of its GEMM, so W and dY are quantised in two orientations)
+is measured with floor and rceil scales and with e5m2 gradients.
+
 Metrics per scheme: relative Frobenius error ||C - C_ref||_F / ||C_ref||_F, max |C - C_ref| /
 max |C_ref|, and the bias mean(C - C_ref) / rms(C_ref). The share of A's blocks whose max
 clips (block max / scale > element max) is counted for every MX format and scale rounding.
@@ -126,6 +130,29 @@ def _clip_share(a: F64) -> dict[str, float]:
     return shares
 
 
+def _linear_backward(rng: np.random.Generator, m: int, k: int, n: int) -> dict[str, Any]:
+    """dX = dY W^T and dW = X^T dY of Y = X W with MXFP8 operands, each quantised along the
+    GEMM's contracted axis (so W and dY are quantised twice, in two orientations, as MX
+    recipes do: a block cannot be transposed)."""
+    x = rng.standard_normal((m, k))  # (M, K) activations
+    w = rng.standard_normal((k, n)) / np.sqrt(k)  # (K, N) weights
+    dy = rng.standard_normal((m, n)) * 1e-3  # (M, N) output gradient
+    ref_dx, ref_dw = dy @ w.T, x.T @ dy
+    out: dict[str, Any] = {}
+    for label, fwd, grad in (
+        ("mxfp8 e4m3 floor", "mxfp8_e4m3", "mxfp8_e4m3"),
+        ("mxfp8 e4m3 rceil", "mxfp8_e4m3@rceil", "mxfp8_e4m3@rceil"),
+        ("mxfp8 e4m3, gradients e5m2", "mxfp8_e4m3", "mxfp8_e5m2"),
+    ):
+        f, g = get_block_format(fwd), get_block_format(grad)
+        # dX: contract over N: dY blocks along its last axis, W along its last axis (W^T rows)
+        dx = quantize(dy, g).dequantize() @ quantize(w, f).dequantize().T
+        # dW: contract over M: X and dY both blocked along axis 0
+        dw = quantize(x, f.with_axis(0)).dequantize().T @ quantize(dy, g.with_axis(0)).dequantize()
+        out[label] = {"dx": _errors(dx, ref_dx)["rel_fro"], "dw": _errors(dw, ref_dw)["rel_fro"]}
+    return out
+
+
 def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
     """Every scheme at every K (no outliers) and at every outlier size (K = k_outliers)."""
     ks = list(cfg["k_values"])
@@ -150,7 +177,8 @@ def run(cfg: dict[str, Any], ctx: Context) -> Outcome:
                 vs_out.setdefault(name, {}).setdefault(stat, []).append(v)
     a, _ = _inputs(ctx.rng, m, kk, n, 0.0, 1.0)
     clip = _clip_share(a)
-    return _outcome(cfg, ks, sizes, vs_k, vs_out, clip)
+    backward = _linear_backward(ctx.rng, kk, ks[-1] // 4, m)
+    return _outcome(cfg, ks, sizes, vs_k, vs_out, clip, backward)
 
 
 def _outcome(
@@ -160,6 +188,7 @@ def _outcome(
     vs_k: dict[str, dict[str, list[float]]],
     vs_out: dict[str, dict[str, list[float]]],
     clip: dict[str, float],
+    backward: dict[str, Any],
 ) -> Outcome:
     last = {name: {s: v[-1] for s, v in d.items()} for name, d in vs_k.items()}
     worst = {name: {s: v[-1] for s, v in d.items()} for name, d in vs_out.items()}
@@ -214,6 +243,7 @@ def _outcome(
         "rel_fro_at_kmax": fro,
         "rel_fro_with_outliers": fro_out,
         "clip_share": clip,
+        "linear_backward_rel_fro": backward,
     }
     notes = [
         f"A: {cfg['m']} x K, B: K x {cfg['n']}, N(0,1); K in {ks}. Outliers at K = "
@@ -244,10 +274,20 @@ def _outcome(
                     "clip share (A)",
                 ],
                 rows,
-            )
+            ),
+            _backward_table(cfg, ks, backward),
         ],
         checks=checks,
         notes=notes,
+    )
+
+
+def _backward_table(cfg: dict[str, Any], ks: list[int], backward: dict[str, Any]) -> Table:
+    return Table(
+        f"MXFP8 backward of a linear layer Y = X W (X {cfg['k_outliers']} x {ks[-1] // 4}, "
+        f"W {ks[-1] // 4} x {cfg['m']}): relative Frobenius error",
+        ["recipe", "dX = dY W^T", "dW = X^T dY"],
+        [[name, d["dx"], d["dw"]] for name, d in backward.items()],
     )
 
 

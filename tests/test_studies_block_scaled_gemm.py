@@ -19,6 +19,9 @@ def test_tiny_run_is_deterministic_and_complete() -> None:
     assert {"fp8 per-tensor", "DeepSeek 1x128/128x128", "nvfp4 + RHT", "nvfp4, SR of B"} <= names
     assert all(f"mxfp4 {r}" in names for r in ("floor", "ceil", "even", "rceil"))
     assert len(r1.checks) == 5
+    back = r1.metrics["linear_backward_rel_fro"]
+    assert set(back) == {"mxfp8 e4m3 floor", "mxfp8 e4m3 rceil", "mxfp8 e4m3, gradients e5m2"}
+    assert all(0 < v["dx"] < 0.2 and 0 < v["dw"] < 0.2 for v in back.values())
     for label, key in study.headline:
         group, _, name = key.partition(".")
         assert name in r1.metrics[group], label
