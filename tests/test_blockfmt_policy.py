@@ -43,3 +43,35 @@ def test_mx_policy_errors():
         AttentionPolicy(input_fmt="fp8_e4m3fn", input_block_fmt="mxfp8_e4m3")
     with pytest.raises(ConfigError):
         AttentionPolicy(input_fmt="fp8_e5m2", input_scaling="mx", input_block_fmt="mxfp8_e4m3")
+
+
+def test_optimizer_policies_take_a_block_format_for_the_gradient(rng):
+    from lowprec.kernels.optim import (
+        AdamPolicy,
+        AdamState,
+        MuonPolicy,
+        MuonState,
+        adam_step,
+        muon_step,
+    )
+
+    w = rng.standard_normal((8, 64))
+    g = rng.standard_normal((8, 64)) * 1e-3
+    g[:, 5] *= 50.0
+    gq = quantize(g, mxfp8_e4m3).dequantize()
+    mx = AdamPolicy(grad="mxfp8_e4m3", m="fp32", v="fp32", master="fp32")
+    plain = AdamPolicy(grad=None, m="fp32", v="fp32", master="fp32")
+    assert mx.grad == mxfp8_e4m3 and mx.describe()["grad"] == "mxfp8_e4m3"
+    a = adam_step(AdamState.init(w, mx), g, mx, lr=1e-3)
+    b = adam_step(AdamState.init(w, plain), gq, plain, lr=1e-3)
+    c = adam_step(AdamState.init(w, plain), g, plain, lr=1e-3)
+    assert same_bits(a.state.master, b.state.master).all()
+    assert not same_bits(a.state.master, c.state.master).all()  # the quantisation acts
+    mmx = MuonPolicy(grad="mxfp8_e4m3@rceil")
+    mplain = MuonPolicy(grad=None)
+    gr = quantize(g, "mxfp8_e4m3@rceil").dequantize()
+    ma = muon_step(MuonState.init(w, mmx), g, mmx, lr=1e-2)
+    mb = muon_step(MuonState.init(w, mplain), gr, mplain, lr=1e-2)
+    assert same_bits(ma.state.master, mb.state.master).all()
+    with pytest.raises(ConfigError):
+        AdamPolicy(grad="mxfp9")
