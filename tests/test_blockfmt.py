@@ -106,6 +106,9 @@ def test_both_axes_and_float32(rng, bfmt):
         gt = quantize(x.T.copy(), bfmt.with_axis(1 - ax % 2), "rne")
         assert same_bits(gt.elements.T, got.elements).all()
     x32 = x.astype(np.float32)
+    rne32 = quantize(x32, bfmt, "rne")
+    e, s, _ = spec_quantize(x32.astype(np.float64), bfmt, "rne")
+    assert same_bits(rne32.elements.astype(np.float64), e).all()
     got32 = quantize(x32, bfmt, "rtz")
     assert got32.elements.dtype == np.float32
     e, s, _ = spec_quantize(x32.astype(np.float64), bfmt, "rtz")
