@@ -345,3 +345,26 @@ def test_bad_input():
         quantize(np.zeros((2, 32)), mxfp4, "sr", rng=np.random.default_rng(0), sr_bits=0)
     assert repr(mxfp4) == "mxfp4"
     assert "rceil" in repr(mxfp4.with_rounding("rceil"))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_ties_and_near_ties_under_a_non_power_of_two_scale(mode):
+    """e4m3 block scale S = 1.125: quotients exactly at, and one float64 ulp either side of,
+    every fp4 midpoint (the fast nearest-even loop must hand these to the exact path)."""
+    b = BlockFormat("nvfp4_no_t", "fp4_e2m1", 16, "fp8_e4m3fn", "rne")
+    vals = sorted({v for v in all_values("fp4_e2m1") if v >= 0})
+    mids = [(p + q) / 2 for p, q in itertools.pairwise(vals)]
+    xs = []
+    for mid in mids:
+        t = mid * 1.125  # exact in float64
+        xs += [t, math.nextafter(t, 0.0), math.nextafter(t, math.inf)]
+    per = b.block - 1
+    rows = -(-len(xs) // per)
+    x = np.zeros((rows, b.block))
+    x[:, 0] = 6.75  # S = e4m3(6.75 / 6) = 1.125
+    flat = np.zeros(rows * per)
+    flat[: len(xs)] = xs
+    x[:, 1:] = flat.reshape(rows, per)
+    x[1::2, 1:] *= -1
+    got = check_against_spec(x, b, mode)
+    assert (got.scales == 1.125).all()
