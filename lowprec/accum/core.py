@@ -102,6 +102,7 @@ from lowprec._jit import use_parallel
 from lowprec._round_kernel import F_SIGNED as _RK_SIGNED
 from lowprec._round_kernel import RNE as _RK_RNE
 from lowprec.accum import _ro_kernel as _ro
+from lowprec.blockfmt import BlockTensor
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format, is_exact
 from lowprec.reference import round_fraction
@@ -183,8 +184,8 @@ class AccumModel(ABC):
 
     def matmul(
         self,
-        a: ArrayLike,
-        b: ArrayLike,
+        a: ArrayLike | BlockTensor,
+        b: ArrayLike | BlockTensor,
         c: ArrayLike | None = None,
         *,
         out_fmt: Format | str | None = None,
@@ -207,6 +208,11 @@ class AccumModel(ABC):
             ShapeError: If the shapes do not fit together, or ``prepared`` does not fit a.
             LowprecError: Unknown ``out_fmt``, or inputs the model cannot take exactly.
         """
+        if isinstance(a, BlockTensor) or isinstance(b, BlockTensor):
+            raise ConfigError(
+                f"{self!r} takes plain arrays; BlockTensor operands need a block-scaled model "
+                "(lowprec.accum.blockscaled.block_scaled_mma)"
+            )
         am, bm, cm = _operands(a, b, c)
         if prepared is None:
             out = self._matmul(am, bm, cm)
@@ -1027,8 +1033,8 @@ def _operands(a: ArrayLike, b: ArrayLike, c: ArrayLike | None) -> tuple[F64, F64
 
 
 def matmul(
-    a: ArrayLike,
-    b: ArrayLike,
+    a: ArrayLike | BlockTensor,
+    b: ArrayLike | BlockTensor,
     *,
     accum: Any,
     out_fmt: Format | str | None = None,
@@ -1040,6 +1046,8 @@ def matmul(
     Args:
         a: (..., M, K) values, taken exactly (round them into the input format first).
         b: (..., K, N) values; leading dimensions broadcast against a's.
+            Block-scaled models (:mod:`lowprec.accum.blockscaled`) take
+            :class:`lowprec.blockfmt.BlockTensor` operands a and b.
         accum: Accumulation model (:class:`Exact`, :class:`RoundOnce`, :class:`Sequential`,
             :class:`Pairwise`, :class:`Chunked`, :class:`lowprec.accum.tensorcore.TensorCore`).
         out_fmt: If given, the model's result is rounded into it (nearest-even).

@@ -48,6 +48,7 @@ from lowprec._jit import parallel_and_serial, use_parallel
 from lowprec._round_kernel import rne_elem, rne_setup
 from lowprec._threads import map_chunks, workers
 from lowprec.accum import NO_BIT, AccumModel, Exact, Prepared, matmul
+from lowprec.blockfmt import get_block_format, quantize
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, is_exact
 from lowprec.kernels.policy import AttentionPolicy
@@ -377,6 +378,14 @@ def prepare_inputs(
             )
         rot = random_hadamard(qa.shape[-1], rng)
         qa, ka = rotate(qa, rot), rotate(ka, rot)
+    if policy.input_scaling == "mx":
+        # blocks along the contracted axes: d for q k^T, the keys for P v
+        bq = get_block_format(policy.input_block_fmt)
+        return (
+            quantize(qa, bq).dequantize(),
+            quantize(ka, bq).dequantize(),
+            quantize(va, bq.with_axis(-2)).dequantize(),
+        )
     if policy.input_scaling == "tensor":
         quant = [quantize_per_tensor(x, fmt) for x in (qa, ka, va)]
     else:

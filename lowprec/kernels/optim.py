@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from lowprec.blockfmt import BLOCK_FORMATS, BlockFormat, get_block_format, quantize
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, bf16, fp32, get_format
 from lowprec.rounding import Rounding, round_to
@@ -41,15 +42,28 @@ def _fmt(value: Format | str | None, what: str) -> Format | None:
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _grad_fmt(value: Format | BlockFormat | str | None, what: str) -> Format | BlockFormat | None:
+    """A gradient format: a float format, or a block-scaled one (``"mxfp8_e4m3"``, a
+    :class:`~lowprec.blockfmt.BlockFormat`) whose quantise-dequantise the gradient goes through."""
+    if isinstance(value, BlockFormat):
+        return value
+    if isinstance(value, str) and value.partition("@")[0].lower() in BLOCK_FORMATS:
+        return get_block_format(value)
+    return _fmt(value, what)
+
+
 def _round(
     x: Array,
-    fmt: Format | None,
+    fmt: Format | BlockFormat | None,
     mode: Rounding = Rounding.NEAREST_EVEN,
     rng: np.random.Generator | None = None,
 ) -> Array:
-    """``x`` rounded once into ``fmt`` (float64 carrier); ``None`` leaves it exact."""
+    """``x`` rounded once into ``fmt`` (float64 carrier); ``None`` leaves it exact; a block
+    format quantises x (blocks along its last axis) and dequantises it exactly."""
     if fmt is None:
         return x
+    if isinstance(fmt, BlockFormat):
+        return quantize(np.atleast_1d(x), fmt, mode, rng=rng).dequantize().reshape(np.shape(x))
     return np.asarray(round_to(x, fmt, mode, rng=rng), dtype=np.float64)
 
 
@@ -70,7 +84,8 @@ class AdamPolicy:
 
     Attributes:
         grad: Format of the gradient as the optimizer receives it (bf16 when the backward runs in
-            bf16); None for exact.
+            bf16; a block format such as ``"mxfp8_e4m3"`` for MX-quantised gradients); None for
+            exact.
         m: Format of the first moment (exp_avg).
         v: Format of the second moment (exp_avg_sq).
         update: Format of the update u = m_hat / (sqrt(v_hat) + eps).
@@ -83,7 +98,7 @@ class AdamPolicy:
             rounded away (Zamirai et al., arXiv 2010.06192).
     """
 
-    grad: Format | None = None
+    grad: Format | BlockFormat | None = None
     m: Format | None = None
     v: Format | None = None
     update: Format | None = None
@@ -93,7 +108,8 @@ class AdamPolicy:
     weight_mode: Rounding = Rounding.NEAREST_EVEN
 
     def __post_init__(self) -> None:
-        for name in ("grad", "m", "v", "update", "master", "weight"):
+        object.__setattr__(self, "grad", _grad_fmt(self.grad, "AdamPolicy.grad"))
+        for name in ("m", "v", "update", "master", "weight"):
             object.__setattr__(self, name, _fmt(getattr(self, name), f"AdamPolicy.{name}"))
         for name in ("state_mode", "weight_mode"):
             object.__setattr__(self, name, Rounding.parse(getattr(self, name)))
@@ -533,7 +549,8 @@ class MuonPolicy:
 
     Attributes:
         ns: How msign is computed (bf16, fp32 accumulation, Keller Jordan x5 by default).
-        grad: Format of the incoming gradient.
+        grad: Format of the incoming gradient (a block format: MX-quantised, blocks along
+            the last axis).
         momentum: Format of the momentum buffer.
         master: Format of the copy the update is applied to (None: the weight itself).
         weight: Format of the model weight.
@@ -541,14 +558,15 @@ class MuonPolicy:
     """
 
     ns: NSPolicy = NSPolicy()
-    grad: Format | None = None
+    grad: Format | BlockFormat | None = None
     momentum: Format | None = fp32
     master: Format | None = fp32
     weight: Format | None = None
     weight_mode: Rounding = Rounding.NEAREST_EVEN
 
     def __post_init__(self) -> None:
-        for name in ("grad", "momentum", "master", "weight"):
+        object.__setattr__(self, "grad", _grad_fmt(self.grad, "MuonPolicy.grad"))
+        for name in ("momentum", "master", "weight"):
             object.__setattr__(self, name, _fmt(getattr(self, name), f"MuonPolicy.{name}"))
         object.__setattr__(self, "weight_mode", Rounding.parse(self.weight_mode))
         if self.weight_mode is not Rounding.NEAREST_EVEN and self.stored is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Literal
 
 from lowprec.accum import AccumModel, Exact, RoundOnce
+from lowprec.blockfmt import BlockFormat, get_block_format
 from lowprec.errors import ConfigError
 from lowprec.formats import Format, bf16, fp8_e4m3fn, fp16, fp32, fp64, get_format
 from lowprec.rounding import Rounding
@@ -60,7 +61,7 @@ _ACCUM_FIELDS = (
 _CHOICES: dict[str, tuple[str, ...]] = {
     "scale_apply": ("scores", "qk_sqrt", "exp2"),
     "normalize": ("output", "probs"),
-    "input_scaling": ("none", "tensor", "block"),
+    "input_scaling": ("none", "tensor", "block", "mx"),
     "delta_source": ("output", "recompute", "dp_p"),
     "final_op": ("divide", "reciprocal"),
     "exp_impl": ("exact", "torch_exp_u20"),
@@ -78,7 +79,12 @@ class AttentionPolicy:
         input_fmt: Element format q, k, v are rounded (or quantised) into.
         input_scaling: ``"none"``: plain rounding; ``"tensor"``: one amax scale per tensor;
             ``"block"``: one scale per ``scale_block_q`` x d block of q and per
-            ``scale_block_k`` x d block of k and v (FlashAttention-3 fp8).
+            ``scale_block_k`` x d block of k and v (FlashAttention-3 fp8); ``"mx"``: the
+            block-scaled format ``input_block_fmt`` (blocks along the contracted axes: d for q
+            and k, the key axis for v; :mod:`lowprec.blockfmt`).
+        input_block_fmt: The :class:`~lowprec.blockfmt.BlockFormat` (or preset name, e.g.
+            ``"mxfp8_e4m3"``) of q, k, v with ``input_scaling="mx"``; its element format is
+            ``input_fmt``.
         scale_block_q: Rows of q per scale block (``input_scaling="block"``).
         scale_block_k: Rows of k, v per scale block.
         hadamard: Rotate q and k by ``diag(random signs) . H_d`` before quantising
@@ -137,6 +143,7 @@ class AttentionPolicy:
     scale_block_q: int = 128
     scale_block_k: int = 128
     hadamard: bool = False
+    input_block_fmt: BlockFormat | str | None = None
     scale_apply: ScaleApply = "scores"
     scores_accum: Any = _EXACT
     scores_fmt: Format | str = fp64
@@ -190,6 +197,19 @@ class AttentionPolicy:
                 f"AttentionPolicy.dynamic_max_beta={beta!r}; expected None or a number in [2, 8] "
                 "(Qiu & Yao, arXiv 2510.04212)"
             )
+        if (self.input_scaling == "mx") != (self.input_block_fmt is not None):
+            raise ConfigError(
+                f"AttentionPolicy: input_scaling={self.input_scaling!r} with input_block_fmt="
+                f"{self.input_block_fmt!r}; a block format goes with input_scaling='mx' only"
+            )
+        if self.input_block_fmt is not None:
+            bf = get_block_format(self.input_block_fmt)
+            object.__setattr__(self, "input_block_fmt", bf)
+            if bf.elem != self.input_fmt:
+                raise ConfigError(
+                    f"AttentionPolicy: input_block_fmt {bf!r} has {bf.elem} elements but "
+                    f"input_fmt is {self.input_fmt}; name the same element format"
+                )
         if self.hadamard and self.input_scaling == "none":
             raise ConfigError(
                 "AttentionPolicy.hadamard=True needs input_scaling 'tensor' or 'block': the "
@@ -315,6 +335,8 @@ def _short(v: Any) -> str:
         return v.name
     if isinstance(v, Rounding):
         return repr(v.value)
+    if isinstance(v, BlockFormat):
+        return repr(v)  # a preset by its name
     if is_dataclass(v) and not isinstance(v, type):
         args = ", ".join(_short(getattr(v, f.name)) for f in fields(v))
         return f"{type(v).__name__}({args})"
@@ -621,6 +643,17 @@ def fa3_fp8() -> AttentionPolicy:
     )
 
 
+def fa3_mxfp8() -> AttentionPolicy:
+    """:func:`fa3_fp8` with OCP MXFP8 inputs instead of 128 x d blocks: e4m3 elements, one e8m0
+    scale (floor, OCP MX v1.0) per 32 elements along d for q and k and along the keys for v, as
+    a Blackwell block-scaled MMA consumes them (MMA-Sim, arXiv 2511.10909, models its
+    tcgen05.mma kind::mxf8f6f4); no Hadamard rotation. FlashAttention-3 (arXiv 2407.08608)
+    uses 128 x d blocks; this preset is lowprec's variant, not a published kernel."""
+    return fa3_fp8().replace(
+        name="fa3_mxfp8", input_scaling="mx", input_block_fmt="mxfp8_e4m3", hadamard=False
+    )
+
+
 _PRESETS: dict[str, Callable[[], AttentionPolicy]] = {
     "fp64": fp64_policy,
     "naive_fp32": naive_fp32,
@@ -633,4 +666,5 @@ _PRESETS: dict[str, Callable[[], AttentionPolicy]] = {
     "qiu_yao_bf16": qiu_yao_bf16,
     "fp8_per_tensor": fp8_per_tensor,
     "fa3_fp8": fa3_fp8,
+    "fa3_mxfp8": fa3_mxfp8,
 }

@@ -1,0 +1,103 @@
+"""Benchmark of lowprec.blockfmt.quantize against a float32 copy of the same array (issue 14).
+
+Times ``quantize`` of 2**22 float32 standard-normal values (a (2048, 2048) matrix, blocks along
+the rows) into mxfp8_e4m3, mxfp4 and nvfp4, nearest-even, best of N after a warm-up call (numba
+compiles on first use), and prints its time, M values/s and the ratio to ``x.copy()`` of the
+same float32 array timed in the same run; the target is <= 3x the copy.
+
+With ``--gemm`` it also times block-scaled GEMM through :func:`lowprec.matmul` with the
+Blackwell ``tcgen05.mma`` block-scaled models against the Blackwell fp8 tensor-core model on the
+same shape (both on operands already quantised).
+
+Usage::
+
+    python benchmarks/bench_blockfmt.py [--n 2048] [--repeat 5] [--check] [--gemm]
+
+``--check`` exits 1 if a quantize target fails (run on an idle machine: timings move with load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from lowprec.blockfmt import quantize
+
+LIMIT = 3.0
+FORMATS = ("mxfp8_e4m3", "mxfp4", "nvfp4")
+
+
+def best_time(fn: Callable[[], Any], repeat: int) -> float:
+    """Best wall time of ``repeat`` calls of fn, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_quantize(n: int, repeat: int) -> bool:
+    """Print the quantize table; True if every row meets the target."""
+    x = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    base = best_time(x.copy, repeat)
+    print(f"quantize of {x.size} float32 values ({n}x{n}), best of {repeat}")
+    print(f"{'case':32s} {'ms':>9s} {'M val/s':>9s} {'x copy':>8s}  target <= {LIMIT}x")
+    print(f"{'float32 copy (baseline)':32s} {base * 1e3:9.2f} {x.size / base / 1e6:9.0f} {1:8.2f}")
+    ok = True
+    for name in FORMATS:
+        t = best_time(lambda name=name: quantize(x, name), repeat)
+        ratio = t / base
+        verdict = "PASS" if ratio <= LIMIT else "FAIL"
+        ok &= ratio <= LIMIT
+        label = "quantize " + name
+        print(f"{label:32s} {t * 1e3:9.2f} {x.size / t / 1e6:9.0f} {ratio:8.2f}  {verdict}")
+    return ok
+
+
+def bench_gemm(m: int, repeat: int) -> None:
+    """Print block-scaled GEMM against the fp8 tensor-core model on (m, 256) @ (256, m)."""
+    from lowprec import matmul, round_to
+    from lowprec.accum import TENSOR_CORES
+    from lowprec.accum.blockscaled import BLOCK_SCALED_MMA
+
+    k = 256
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((k, m))
+    tc = TENSOR_CORES["blackwell-e4m3-fp32"]
+    a8 = np.asarray(round_to(a * 64, "fp8_e4m3fn", saturate=True), dtype=np.float64)
+    b8 = np.asarray(round_to(b * 64, "fp8_e4m3fn", saturate=True), dtype=np.float64)
+    base = best_time(lambda: matmul(a8, b8, accum=tc), repeat)
+    print(f"\nGEMM ({m}x{k}) @ ({k}x{m}) on quantised operands, best of {repeat}")
+    print(f"{'model':40s} {'ms':>9s} {'x fp8 tc':>9s}")
+    print(f"{'blackwell-e4m3-fp32 (fp8 tensor core)':40s} {base * 1e3:9.2f} {1:9.2f}")
+    for name, model in BLOCK_SCALED_MMA.items():
+        fa = quantize(a, model.a_fmt)
+        fb = quantize(b, model.b_fmt)
+        t = best_time(lambda fa=fa, fb=fb, model=model: matmul(fa, fb, accum=model), repeat)
+        print(f"{name:40s} {t * 1e3:9.2f} {t / base:9.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=2048)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--gemm", action="store_true")
+    p.add_argument("--gemm-m", type=int, default=128)
+    args = p.parse_args(argv)
+    ok = bench_quantize(args.n, args.repeat)
+    if args.gemm:
+        bench_gemm(args.gemm_m, args.repeat)
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Block-scaled formats: the vectorised quantize against the exact-rational spec, by clause."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from lowprec import Rounding
+from lowprec.blockfmt import (
+    BLOCK_FORMATS,
+    POW2_ROUNDINGS,
+    BlockFormat,
+    ScaleRounding,
+    block_amax,
+    decode_block_tensor,
+    divide_round_odd,
+    get_block_format,
+    mxfp4,
+    mxfp8_e4m3,
+    nvfp4,
+    quantize,
+    quantize_block_spec,
+    scale_exponent_spec,
+    tensor_scale_spec,
+)
+from lowprec.errors import ConfigError, LowprecError, ShapeError
+from lowprec.reference import all_values
+from lowprec.rounding import encode
+from lowprec.testing import same_bits
+
+MX = [b for b in BLOCK_FORMATS.values() if b.name.startswith("mx")]
+ALL_VARIANTS = [b.with_rounding(r) for b in MX for r in POW2_ROUNDINGS] + [nvfp4]
+MODES = list(Rounding)
+
+
+def spec_quantize(x, bfmt, mode, words=None):
+    """Block by block through quantize_block_spec: (elements, scales, tensor scale)."""
+    b = get_block_format(bfmt)
+    ax = b.axis % x.ndim
+    moved = np.moveaxis(np.asarray(x, dtype=np.float64), ax, -1)
+    wmoved = None if words is None else np.moveaxis(words, ax, -1)
+    t = tensor_scale_spec(moved.reshape(-1).tolist(), b)
+    n = moved.shape[-1]
+    nb = -(-n // b.block)
+    elems = np.zeros(moved.shape)
+    scales = np.zeros((*moved.shape[:-1], nb))
+    for idx in np.ndindex(*moved.shape[:-1]):
+        for j in range(nb):
+            sl = slice(j * b.block, min(n, (j + 1) * b.block))
+            w = None if wmoved is None else wmoved[idx][sl].tolist()
+            s, e = quantize_block_spec(moved[idx][sl].tolist(), b, mode, tensor_scale=t,
+                                       rand_words=w)  # fmt: skip
+            scales[(*idx, j)] = s
+            elems[idx][sl] = e
+    return np.moveaxis(elems, -1, ax), np.moveaxis(scales, -1, ax), t
+
+
+def check_against_spec(x, bfmt, mode, seed=1):
+    words = None
+    rng = None
+    if Rounding.parse(mode) is Rounding.STOCHASTIC:
+        rng = np.random.default_rng(seed)
+        words = np.random.default_rng(seed).integers(0, 256, size=x.shape, dtype=np.uint64)
+    got = quantize(x, bfmt, mode, rng=rng)
+    e, s, t = spec_quantize(x, bfmt, mode, words)
+    assert got.tensor_scale == t
+    ok_s = same_bits(got.scales, s)
+    assert ok_s.all(), f"{bfmt!r} {mode}: scales differ at {np.argwhere(~ok_s)[:3].tolist()}"
+    ok_e = same_bits(got.elements.astype(np.float64), e)
+    if not ok_e.all():
+        i = tuple(np.argwhere(~ok_e)[0])
+        raise AssertionError(
+            f"{bfmt!r} {mode}: {int((~ok_e).sum())} elements differ; first at {i}: "
+            f"x={x[i]!r} got {got.elements[i]!r} want {e[i]!r}"
+        )
+    return got
+
+
+def heavy_tailed(rng, shape):
+    x = rng.standard_normal(shape) * np.exp(rng.uniform(-6, 6, size=(*shape[:-1], 1)))
+    x[..., ::7] *= 50.0
+    return x
+
+
+@pytest.mark.parametrize("bfmt", ALL_VARIANTS, ids=repr)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_random_blocks_match_spec(rng, bfmt, mode):
+    x = heavy_tailed(rng, (3, 2 * bfmt.block + 5))  # ragged last block
+    check_against_spec(x, bfmt, mode)
+
+
+@pytest.mark.parametrize("bfmt", [mxfp8_e4m3, mxfp4, nvfp4], ids=repr)
+def test_both_axes_and_float32(rng, bfmt):
+    x = heavy_tailed(rng, (bfmt.block + 3, 5)).T.copy()  # (5, block + 3)
+    for ax in (0, 1, -1):
+        b = bfmt.with_axis(ax)
+        got = check_against_spec(x, b, "rne")
+        nb = -(-x.shape[ax % 2] // b.block)
+        want_shape = (nb, x.shape[1]) if ax % 2 == 0 else (x.shape[0], nb)
+        assert got.scales.shape == want_shape
+        # axis 0 of x is axis 1 of x.T: the same blocks, transposed
+        gt = quantize(x.T.copy(), bfmt.with_axis(1 - ax % 2), "rne")
+        assert same_bits(gt.elements.T, got.elements).all()
+    x32 = x.astype(np.float32)
+    rne32 = quantize(x32, bfmt, "rne")
+    e, s, _ = spec_quantize(x32.astype(np.float64), bfmt, "rne")
+    assert same_bits(rne32.elements.astype(np.float64), e).all()
+    got32 = quantize(x32, bfmt, "rtz")
+    assert got32.elements.dtype == np.float32
+    e, s, _ = spec_quantize(x32.astype(np.float64), bfmt, "rtz")
+    assert same_bits(got32.elements.astype(np.float64), e).all()
+    assert same_bits(got32.scales, s).all()
+
+
+def _maxima(elem):
+    """Block maxima on both sides of each power of two and of M * 2**k, and at 'even' cuts."""
+    out = []
+    m = elem.man_bits
+    for k in range(-8, 9):
+        p = 2.0**k
+        for base in (p, elem.max * p / 2.0**elem.emax, (2 - 2.0 ** -(m + 1)) * p):
+            out += [base, math.nextafter(base, 0), math.nextafter(base, math.inf)]
+    return out
+
+
+@pytest.mark.parametrize("bfmt", MX, ids=repr)
+@pytest.mark.parametrize("rounding", POW2_ROUNDINGS, ids=lambda r: r.value)
+def test_scale_rounding_at_block_maxima(bfmt, rounding):
+    b = bfmt.with_rounding(rounding)
+    elem = b.elem
+    maxima = _maxima(elem)
+    x = np.zeros((len(maxima), b.block))
+    x[:, 3] = maxima
+    x[:, 0] = -np.array(maxima) / 3
+    got = quantize(x, b)
+    s_got = np.log2(got.scales[:, 0]).astype(int)
+    s_spec = [scale_exponent_spec(Fraction(a), elem, rounding) for a in maxima]
+    assert s_got.tolist() == s_spec
+    for a, s in zip(maxima, s_got.tolist(), strict=True):
+        fa = Fraction(a)
+        e = math.frexp(a)[1] - 1  # floor(log2 a)
+        pow2 = fa == Fraction(2) ** e
+        if rounding is ScaleRounding.FLOOR:  # OCP MX v1.0 §6.3
+            assert s == e - elem.emax
+        elif rounding is ScaleRounding.CEIL:
+            assert s == e - elem.emax + (not pow2)
+        elif rounding is ScaleRounding.RCEIL:  # the block max never clips, and is tight
+            assert fa <= Fraction(elem.max) * Fraction(2) ** s
+            assert fa > Fraction(elem.max) * Fraction(2) ** (s - 1)
+        else:  # even: up one binade iff the significand exceeds 2 - 2**-(m+1)
+            sig = fa / Fraction(2) ** e
+            assert s == e - elem.emax + (sig > 2 - Fraction(1, 2 ** (elem.man_bits + 1)))
+    clips = np.abs(x[:, 3]) / got.scales[:, 0] > elem.max
+    if rounding is ScaleRounding.RCEIL:
+        assert not clips.any()
+    if rounding is ScaleRounding.FLOOR:
+        assert clips.any()  # floor lets the block max pass the element max
+
+
+def test_floor_clips_957_to_896():
+    # microxcaling#4: with floor scaling 957 in an MXFP8 e4m3 block comes back as 896
+    x = np.zeros((1, 32))
+    x[0, 0] = 957.0
+    assert quantize(x, mxfp8_e4m3).dequantize()[0, 0] == 896.0
+    assert quantize(x, mxfp8_e4m3.with_rounding("rceil")).dequantize()[0, 0] == 960.0
+
+
+def test_e8m0_scale_clamped():
+    x = np.zeros((2, 32))
+    x[0, 0] = 2.0**-140  # floor gives s = -148 for e4m3: clamped to -127
+    x[1, 0] = 1e300  # s = 988: clamped to 127, the element saturates
+    got = quantize(x, mxfp8_e4m3)
+    assert got.scales[:, 0].tolist() == [2.0**-127, 2.0**127]
+    assert got.elements[1, 0] == 448.0
+    check_against_spec(x, mxfp8_e4m3, "up")
+
+
+@pytest.mark.parametrize("bfmt", [*MX, nvfp4], ids=repr)
+@pytest.mark.parametrize(
+    "mode", [Rounding.NEAREST_EVEN, Rounding.NEAREST_AWAY, Rounding.ODD], ids=lambda m: m.value
+)
+def test_every_element_tie(bfmt, mode):
+    """Every midpoint between neighbouring element values, in blocks whose scale is 1."""
+    elem = bfmt.elem
+    vals = sorted({v for v in all_values(elem) if math.isfinite(v) and v >= 0})
+    mids = [(a + b) / 2 for a, b in itertools.pairwise(vals)]
+    per = bfmt.block - 1
+    rows = -(-len(mids) // per)
+    x = np.zeros((rows + 1, bfmt.block))
+    x[:, 0] = elem.max  # pins the block scale to 1 (e8m0 floor: 2**(emax - emax))
+    if bfmt.tensor_scale:
+        x[rows, 0] = elem.max * bfmt.scale_fmt.max  # tensor scale t = 1, so S = 1 elsewhere
+    flat = np.zeros(rows * per)
+    flat[: len(mids)] = mids
+    x[:rows, 1:] = flat.reshape(rows, per)
+    x[1:rows:2, 1:] *= -1
+    got = check_against_spec(x, bfmt, mode)
+    assert (got.full_scales()[:rows] == 1.0).all()
+    g = np.abs(got.elements[:rows, 1:].reshape(-1)[: len(mids)])
+    codes = np.asarray(encode(g, elem)).astype(int)
+    upper = np.array(vals)[np.searchsorted(vals, mids)]
+    if mode is Rounding.NEAREST_EVEN:
+        assert np.all(codes % 2 == 0)
+    elif mode is Rounding.NEAREST_AWAY:
+        assert np.array_equal(g, upper)
+    else:
+        assert np.all(codes % 2 == 1)
+
+
+def test_special_blocks():
+    x = np.zeros((5, 32))
+    x[1, :] = 5e-324  # float64 subnormals
+    x[1, 1] = -5e-324
+    x[2, 4] = np.nan
+    x[3, 7] = -np.inf
+    x[4, :] = np.ldexp(np.arange(32) - 16.0, -140)  # element-format subnormals after scaling
+    for b in (mxfp8_e4m3, mxfp4, nvfp4):
+        for mode in MODES:
+            got = check_against_spec(x, b, mode)
+            assert np.isnan(got.scales[2:4, 0]).all()
+            assert (got.elements[2:4, : b.block] == 0).all()
+            assert np.isnan(got.dequantize()[2:4, : b.block]).all()
+            assert not np.isnan(got.dequantize()[2:4, b.block :]).any()
+            assert (got.dequantize()[0] == 0).all()
+    enc = quantize(x, mxfp8_e4m3).encode()
+    assert enc.scales[2, 0] == 0xFF  # e8m0's NaN code
+    assert quantize(x, nvfp4).encode().scales[2, 0] == 0x7F  # e4m3's NaN code
+
+
+def test_nvfp4_two_level_scale(rng):
+    x = rng.standard_normal((4, 64)) * 3.0
+    got = quantize(x, nvfp4)
+    amax = float(np.abs(x).max())
+    assert got.tensor_scale == float(np.float32(amax / (6 * 448)))  # one rounding suffices here
+    assert got.tensor_scale == tensor_scale_spec(x.reshape(-1).tolist(), nvfp4)
+    assert np.nanmax(got.scales) <= 448.0
+    no_t = BlockFormat("nvfp4_no_t", "fp4_e2m1", 16, "fp8_e4m3fn", "rne")
+    check_against_spec(x, no_t, "rne")
+    assert quantize(x, no_t).tensor_scale == 1.0
+
+
+def test_sr_same_seed_same_bits_and_unbiased(rng):
+    x = rng.standard_normal((64, 64))
+    a = quantize(x, mxfp4, "sr", rng=np.random.default_rng(7))
+    b = quantize(x, mxfp4, "sr", rng=np.random.default_rng(7))
+    c = quantize(x, mxfp4, "sr", rng=np.random.default_rng(8))
+    assert same_bits(a.elements, b.elements).all()
+    assert not same_bits(a.elements, c.elements).all()
+    # SR with 8 random bits is unbiased to within 2**-8 of a gap, plus sampling noise:
+    # mean over R draws of (q - x) for one value whose gap is g has sd <= g / (2 sqrt(R)).
+    v = np.full((1, 32), 0.3)
+    v[0, 0] = 6.0  # pins the scale to 1: 0.3 lies between fp4 values 0 and 0.5 (gap 0.5)
+    reps = 4000
+    got = np.stack(
+        [
+            quantize(v, mxfp4, "sr", rng=np.random.default_rng(i)).elements[0, 1:]
+            for i in range(reps)
+        ]
+    )
+    err = got.mean() - 0.3
+    bound = 0.5 * 2.0**-8 + 5 * 0.5 / (2 * math.sqrt(reps * 31))
+    assert abs(err) <= bound, f"SR mean error {err:.3g} exceeds {bound:.3g}"
+    rtn = quantize(v, mxfp4, "rne").elements[0, 1]
+    assert rtn == 0.5  # round-to-nearest is biased here by 0.2 (the check above could fail)
+
+
+def test_encode_packing_and_roundtrip(rng):
+    x = np.zeros((1, 32))
+    x[0, :4] = [0.5, 1.0, -6.0, 3.0]  # fp4 codes 1, 2, 0xF, 5 with scale 1
+    enc = quantize(x, mxfp4).encode()
+    assert enc.elements[:2].tolist() == [0x21, 0x5F]
+    assert enc.scales.tolist() == [[127]]  # 2**0 in e8m0
+    for b in ALL_VARIANTS:
+        y = heavy_tailed(rng, (3, b.block + 9))
+        t = quantize(y, b)
+        e = t.encode()
+        width = b.elem.bits
+        assert e.elements.size == -(-y.size * width // 8)
+        back = decode_block_tensor(e)
+        assert same_bits(back.elements, t.elements).all()
+        assert same_bits(back.scales, t.scales).all()
+        assert back.tensor_scale == t.tensor_scale
+        assert same_bits(back.dequantize(), t.dequantize()).all()
+
+
+def test_dequantize_exact_and_block_amax(rng):
+    x = heavy_tailed(rng, (2, 40))
+    for b in (mxfp8_e4m3, nvfp4):
+        t = quantize(x, b)
+        el, fs = t.elements.reshape(-1).tolist(), t.full_scales().reshape(-1).tolist()
+        want = [float(Fraction(e) * Fraction(s)) for e, s in zip(el, fs, strict=True)]
+        got = t.dequantize().reshape(-1)
+        assert np.array_equal(got, np.array(want))  # Fraction drops the sign of zero:
+        assert np.array_equal(np.signbit(got), np.signbit(t.elements.reshape(-1)))
+        am = block_amax(x, b)
+        assert am.shape == t.scales.shape
+        assert am[0, 0] == np.abs(x[0, : b.block]).max()
+
+
+def test_divide_round_odd_matches_fractions(rng):
+    x = rng.standard_normal(2000) * 10.0 ** rng.integers(-5, 5, 2000)
+    d = np.asarray(np.float32(np.abs(rng.standard_normal(2000)) + 0.1), dtype=np.float64)
+    q = divide_round_odd(x, d)
+    for xi, di, qi in zip(x[:500], d[:500], q[:500], strict=True):
+        exact = Fraction(xi) / Fraction(di)
+        lo = math.nextafter(float(exact), -math.inf)
+        near = float(exact)
+        if Fraction(near) == exact:
+            assert qi == near
+        else:
+            cands = [v for v in (lo, near, math.nextafter(near, math.inf)) if v != exact]
+            below = max(v for v in cands if Fraction(v) < exact)
+            above = min(v for v in cands if Fraction(v) > exact)
+            odd = below if int(np.float64(below).view(np.uint64)) & 1 else above
+            assert qi == odd
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 32, "e8m0", "rne")
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 16, "fp8_e4m3fn", "floor")
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 0)
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 32, "e8m0", tensor_scale=True)
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 32, "bf16")
+    with pytest.raises(ConfigError):
+        get_block_format("mxfp5")
+    with pytest.raises(ConfigError):
+        get_block_format("mxfp4@sideways")
+    assert get_block_format("mxfp4@rceil").scale_rounding is ScaleRounding.RCEIL
+    with pytest.raises(ShapeError):
+        quantize(np.float64(1.0), mxfp4)
+    with pytest.raises(ShapeError):
+        quantize(np.zeros((2, 32)), mxfp4.with_axis(2))
+    with pytest.raises(LowprecError):
+        quantize(np.zeros((2, 32)), mxfp4, "sr")
+    with pytest.raises(LowprecError):
+        quantize(np.zeros((2, 32)), mxfp4, "sr", rng=np.random.default_rng(0), sr_bits=0)
+    assert repr(mxfp4) == "mxfp4"
+    assert "rceil" in repr(mxfp4.with_rounding("rceil"))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_ties_and_near_ties_under_a_non_power_of_two_scale(mode):
+    """e4m3 block scale S = 1.125: quotients exactly at, and one float64 ulp either side of,
+    every fp4 midpoint (the fast nearest-even loop must hand these to the exact path)."""
+    b = BlockFormat("nvfp4_no_t", "fp4_e2m1", 16, "fp8_e4m3fn", "rne")
+    vals = sorted({v for v in all_values("fp4_e2m1") if v >= 0})
+    mids = [(p + q) / 2 for p, q in itertools.pairwise(vals)]
+    xs = []
+    for mid in mids:
+        t = mid * 1.125  # exact in float64
+        xs += [t, math.nextafter(t, 0.0), math.nextafter(t, math.inf)]
+    per = b.block - 1
+    rows = -(-len(xs) // per)
+    x = np.zeros((rows, b.block))
+    x[:, 0] = 6.75  # S = e4m3(6.75 / 6) = 1.125
+    flat = np.zeros(rows * per)
+    flat[: len(xs)] = xs
+    x[:, 1:] = flat.reshape(rows, per)
+    x[1::2, 1:] *= -1
+    got = check_against_spec(x, b, mode)
+    assert (got.scales == 1.125).all()
