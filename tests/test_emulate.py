@@ -1,0 +1,211 @@
+"""lowprec.emulate: covered ops bit-exact against lowprec's kernels and exact references."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowprec import LowprecError, round_to
+from lowprec.emulate import ModelPolicy, emulate
+from lowprec.formats import bf16, fp8_e4m3fn, fp32
+from lowprec.kernels.attention import backward, blocked
+from lowprec.reference import round_fraction
+from lowprec.testing import same_bits
+
+
+def _t(rng: np.random.Generator, *shape: int, grad: bool = True) -> torch.Tensor:
+    return torch.tensor(rng.standard_normal(shape), dtype=torch.float32, requires_grad=grad)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _exact_product(a: np.ndarray, b: np.ndarray, fmt: str) -> np.ndarray:
+    """bf16(fp32(sum_k bf16(a_ik) bf16(b_kj))) in exact rationals: the spec of bf16_amp."""
+    ra = [[Fraction(round_fraction(float(x), fmt)) for x in row] for row in a]
+    rb = [[Fraction(round_fraction(float(x), fmt)) for x in row] for row in b]
+    out = np.empty((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            s = sum((ra[i][k] * rb[k][j] for k in range(a.shape[1])), Fraction(0))
+            out[i, j] = round_fraction(Fraction(round_fraction(s, "fp32")), fmt)
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_sdpa_is_the_kernel_bit_for_bit(rng: np.random.Generator, causal: bool, gqa: bool) -> None:
+    pol = ModelPolicy.preset("bf16_amp").replace(block_k=4)
+    q = _t(rng, 2, 4, 9, 8)
+    k, v = (_t(rng, 2, 2 if gqa else 4, 9, 8) for _ in range(2))
+    with emulate(pol) as emu:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    assert emu.report().covered == {"scaled_dot_product_attention": 1}
+    dout = torch.tensor(rng.standard_normal(out.shape), dtype=torch.float32)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    qn, kn, vn = (t.detach().double().numpy() for t in (q, k, v))
+    att = pol.attention_policy
+    o_ref, lse = blocked(qn, kn, vn, att, block_q=4, block_k=4, causal=causal)
+    g = backward(qn, kn, vn, o_ref, lse, dout.double().numpy(), att, causal=causal, block_k=4)
+    assert same_bits(out.detach().double().numpy(), o_ref).all()
+    for got, want in zip((dq, dk, dv), (g.dq, g.dk, g.dv), strict=True):
+        assert same_bits(got.double().numpy(), want).all()
+    # and it is attention: within a few bf16 units of torch's own fp32 result
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    err = (out - ref).abs().max().item()
+    assert 0 < err <= 8 * bf16.eps * ref.abs().max().item()
+
+
+def test_sdpa_masks_expressed_as_tensors(rng: np.random.Generator) -> None:
+    q, k, v = (_t(rng, 1, 2, 6, 4) for _ in range(3))
+    tri = torch.ones(6, 6, dtype=torch.bool).tril()
+    additive = torch.zeros(6, 6).masked_fill(~tri, float("-inf"))
+    with _quiet(), emulate("bf16_amp") as emu:
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=tri)
+        c = F.scaled_dot_product_attention(q, k, v, attn_mask=additive)
+        odd = F.scaled_dot_product_attention(q, k, v, attn_mask=~tri | torch.eye(6).bool())
+    assert same_bits(a.detach().numpy(), b.detach().numpy()).all()
+    assert same_bits(a.detach().numpy(), c.detach().numpy()).all()
+    assert emu.report().covered["scaled_dot_product_attention"] == 3
+    assert any("scaled_dot_product_attention" in u for u in emu.report().uncovered)
+    assert odd.shape == a.shape
+
+
+def test_matmul_is_exact_then_rounded_once_with_ties() -> None:
+    # rows 0 and 1 sum to 1 + 2^-8 and 1 + 3 * 2^-8: exact ties of bf16, which go to even
+    a = np.array([[1.0, 2.0**-8], [1.0, 3 * 2.0**-8], [0.3, -1.7]])
+    b = np.array([[1.0, 0.1], [1.0, 2.9]])
+    want = _exact_product(a, b, "bf16")
+    assert want[0, 0] == 1.0 and want[1, 0] == 1 + 2.0**-6
+    ta, tb = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    with emulate("bf16_amp") as emu:
+        outs = [ta @ tb, torch.matmul(ta, tb), torch.mm(ta, tb), ta.mm(tb), F.linear(ta, tb.t())]
+        outs.append(torch.addmm(torch.zeros(3, 2), ta, tb))
+        outs.append(torch.bmm(ta[None], tb[None])[0])
+        outs.append(torch.baddbmm(torch.zeros(1, 3, 2), ta[None], tb[None])[0])
+    assert emu.report().covered == {"matmul": len(outs)}
+    for out in outs:
+        assert out.dtype == torch.float32
+        assert same_bits(out.double().numpy(), want).all()
+
+
+def test_linear_backward_rounds_dy_and_each_product(rng: np.random.Generator) -> None:
+    x, w, bias = _t(rng, 5, 7), _t(rng, 3, 7), _t(rng, 3)
+    with emulate("bf16_amp"):
+        y = F.linear(x, w, bias)
+    dy = torch.tensor(rng.standard_normal(y.shape), dtype=torch.float32)
+    dx, dw, db = torch.autograd.grad(y, (x, w, bias), dy)
+    xn, wn, bn, dyn = (t.detach().double().numpy() for t in (x, w, bias, dy))
+    yb = np.asarray(round_to(xn, bf16)) @ np.asarray(round_to(wn, bf16)).T  # exact in float64
+    want_y = round_to(round_to(yb + round_to(bn, bf16), fp32), bf16)
+    assert same_bits(y.detach().double().numpy(), want_y).all()
+    g = np.asarray(round_to(dyn, bf16))
+    assert same_bits(dx.double().numpy(), _exact_product(g, round_to(wn, bf16), "bf16")).all()
+    assert same_bits(dw.double().numpy(), _exact_product(g.T, round_to(xn, bf16), "bf16")).all()
+    assert same_bits(db.double().numpy(), round_to(round_to(dyn.sum(0), fp32), bf16)).all()
+
+
+def test_norms_and_softmax_round_outputs_and_gradients(rng: np.random.Generator) -> None:
+    x = _t(rng, 4, 16)
+    with emulate("bf16_amp") as emu:
+        outs = [
+            F.softmax(x, -1),
+            x.softmax(-1),
+            torch.log_softmax(x, -1),
+            F.layer_norm(x, (16,)),
+            F.rms_norm(x, (16,)),
+        ]
+    assert sum(emu.report().covered.values()) == len(outs)
+    for out in outs:
+        vals = out.detach().double().numpy()
+        assert same_bits(vals, round_to(vals, bf16)).all()
+    native = F.softmax(x, -1).detach().double().numpy()
+    assert not same_bits(outs[0].detach().double().numpy(), native).all()
+    # the gradient reaching layer_norm's backward is dY rounded into bf16
+    dy = torch.tensor(rng.standard_normal(x.shape), dtype=torch.float32)
+    (gx,) = torch.autograd.grad(outs[3], x, dy)
+    dyb = torch.from_numpy(np.asarray(round_to(dy.double().numpy(), bf16), dtype=np.float32))
+    (want,) = torch.autograd.grad(F.layer_norm(x, (16,)), x, dyb)
+    assert same_bits(gx.double().numpy(), want.double().numpy()).all()
+    (raw,) = torch.autograd.grad(F.layer_norm(x, (16,)), x, dy)
+    assert not same_bits(gx.double().numpy(), raw.double().numpy()).all()
+
+
+def test_uncovered_ops_listed_once_with_flop_share(rng: np.random.Generator) -> None:
+    x, w = _t(rng, 8, 8), _t(rng, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with emulate("bf16_amp") as emu:
+            y = torch.tanh(x @ w) + torch.tanh(x)
+    msgs = [str(c.message) for c in caught if "lowprec.emulate" in str(c.message)]
+    assert len(msgs) == 1 and "tanh x2" in msgs[0] and "add x1" in msgs[0]
+    rep = emu.report()
+    assert rep.flops_emulated == 2 * 8**3 and rep.flops_native == 3 * 64
+    assert rep.share_emulated == pytest.approx(2 * 8**3 / (2 * 8**3 + 3 * 64))
+    assert f"{100 * rep.share_emulated:.1f}%" in msgs[0]
+    assert y.shape == (8, 8)
+
+
+def test_fp8_policy_scales_operands_by_powers_of_two(rng: np.random.Generator) -> None:
+    a, b = _t(rng, 4, 64, grad=False) * 300, _t(rng, 64, 3, grad=False) * 1e-3
+    with emulate("fp8_hopper"):
+        y = a @ b
+    with emulate("bf16_amp"):
+        yb = a @ b
+    ref = a.double() @ b.double()
+    err8 = (y.double() - ref).abs().max().item()
+    err16 = (yb.double() - ref).abs().max().item()
+    # e4m3 operands carry 3 fraction bits: more error than bf16's 7, yet no overflow/underflow
+    assert torch.isfinite(y).all() and err16 < err8 < 16 * fp8_e4m3fn.eps * ref.abs().max().item()
+
+
+def test_same_seed_same_bits_and_sr_attention(rng: np.random.Generator) -> None:
+    from lowprec.kernels.policy import AttentionPolicy
+
+    att = AttentionPolicy.preset("fa2_bf16").replace(pv_fmt="bf16", pv_rounding="stochastic")
+    pol = ModelPolicy.preset("bf16_amp").replace(attention=att, seed=7)
+    q, k, v = (_t(rng, 1, 2, 8, 4, grad=False) for _ in range(3))
+    runs = []
+    for seed in (7, 7, 8):
+        with emulate(pol.replace(seed=seed)):
+            runs.append(F.scaled_dot_product_attention(q, k, v).numpy())
+    assert same_bits(runs[0], runs[1]).all()
+    assert not same_bits(runs[0], runs[2]).all()
+
+
+def test_bad_input_is_one_clear_error() -> None:
+    meta = torch.empty(3, 3, device="meta")
+    with pytest.raises(LowprecError, match="meta tensor"), emulate("bf16_amp"):
+        meta @ meta
+    f8 = torch.zeros(3, 3).to(torch.float8_e4m3fn)
+    with pytest.raises(LowprecError, match="dtype"), emulate("bf16_amp"):
+        F.linear(f8, f8)
+    with pytest.raises(LowprecError, match="unknown model policy preset"):
+        emulate("bf17")
+    with pytest.raises(LowprecError, match="accumulation model"):
+        ModelPolicy(accum="fp32")
+    # integer products are not numerics lowprec models: they run natively, unlisted
+    i = torch.arange(4).reshape(2, 2)
+    with emulate("bf16_amp") as emu:
+        assert (i @ i).tolist() == [[2, 3], [6, 11]]
+    assert emu.report().covered == {}
+
+
+def test_bf16_storage_refused_for_narrower_dtype_runs_native() -> None:
+    x = torch.ones(2, 2, dtype=torch.bfloat16)
+    with _quiet(), emulate(ModelPolicy(storage=fp32)) as emu:
+        y = x @ x
+    assert y.dtype == torch.bfloat16
+    assert emu.report().covered == {} and emu.report().uncovered == {"matmul": 1}
