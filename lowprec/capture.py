@@ -325,6 +325,7 @@ class TorchDevice:
             "numpy": np.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "cpu_model": _cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_flags": _cpu_flags(),
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
@@ -428,6 +429,18 @@ class TorchDevice:
         raise ConfigError(
             f"capture case {case.id!r} has op {case.op!r}; expected matmul, scaled_mm or sdpa"
         )
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` where /proc/cpuinfo has none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _cpu_flags() -> list[str]:

@@ -37,9 +37,17 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
   every product on the GPU's tensor-core model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
   ``fa2_bf16`` / ``fa2_fp16`` for a GPU without one).
 
-Known deviations the models keep: torch CPU's exponential is a vectorised polynomial
-(``exp_u20``), not the correctly rounded exp the emulator uses, so attention outputs are not
-expected bit for bit; its targets are the error statistics.
+Known deviations the models keep: torch CPU flash attention's P-bar takes ATen's vector
+polynomial ``exp_u20`` (modelled bit for bit, :func:`lowprec.vecmath.torch_exp_u20`; it differs
+from the rounded exp in ~77% of fp32 values, by up to ~5 ulp), but its differences vanish in the
+cast of P-bar to bf16/fp16 before the PV product: modelling it changed none of the captured
+flash outputs' bit-identical fractions (both CPU captures, to three digits). What the flash
+model still lacks is the order of its fp32 sums: the row sum of P-bar is kept in vector lanes
+(8 on AVX2, 16 on AVX-512) and reduced across them at the end of each 512-key split, and the
+products run in the GEMM library's blocking; these are not modelled and are the candidates for
+the remaining differences (67-99% of elements bit-identical), so its targets are the error
+statistics. The math backend is
+bit-identical except where large logits make dS cancel (dq, dk of ``large_logits``).
 """
 
 from __future__ import annotations

@@ -105,3 +105,26 @@ def test_optimizer_conflicts_raise_and_neighbours_pass() -> None:
     NSPolicy(fmt=bf16, accum=RoundOnce(fp32))
     for name in ("fp64", "fp32", "mixed_bf16", "bf16_states", "pure_bf16", "pure_bf16_sr"):
         AdamPolicy.preset(name)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"exp_fmt": bf16}, "exp_fmt=bf16"),
+        ({"scale_apply": "exp2"}, "scale_apply='exp2'"),
+    ],
+)
+def test_exp_u20_needs_an_fp32_natural_exp(fields: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AttentionPolicy.preset("fa2_bf16").replace(exp_impl="torch_exp_u20", **fields)
+
+
+def test_exp_u20_acts_where_the_exponentials_are_kept_in_fp32() -> None:
+    # with P-bar and O in fp32 the polynomial's few-ulp differences reach the output; the
+    # field is not a silent no-op even where a bf16 cast of P-bar would hide most of them
+    q, k, v = _tied_inputs(1)
+    pol = AttentionPolicy.preset("naive_fp32").replace(normalize="output")
+    o1, _ = naive(q, k, v, pol)
+    o2, _ = naive(q, k, v, pol.replace(exp_impl="torch_exp_u20"))
+    assert not np.array_equal(o1, o2)
+    assert np.max(np.abs(o1 - o2)) < 64 * np.finfo(np.float32).eps * np.max(np.abs(o1))

@@ -53,6 +53,7 @@ from lowprec.formats import Format, is_exact
 from lowprec.kernels.policy import AttentionPolicy
 from lowprec.rounding import Rounding, as_carrier, format_flags, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
+from lowprec.vecmath import torch_exp_u20
 
 F64 = NDArray[np.float64]
 
@@ -452,11 +453,16 @@ def _exp_cast(
         if policy.scale_apply == "exp2":
             fused = _fused_exp(s, k.exp2_c, _r(m * k.exp2_c, st), np.exp2, ef, cast)
         else:
-            fused = _fused_exp(s, 1.0, m, np.exp, ef, cast)  # s * 1.0 is s exactly
+            fused = _fused_exp(s, 1.0, m, _exp_fn(policy), ef, cast)  # s * 1.0 is s exactly
     if fused is not None:
         return fused
     p = _exp(s, m, policy, k)
     return p, _r(p, cast), None, None
+
+
+def _exp_fn(policy: AttentionPolicy) -> Any:
+    """The forward's exp: numpy's float64 exp (then rounded into exp_fmt) or ATen's exp_u20."""
+    return torch_exp_u20 if policy.exp_impl == "torch_exp_u20" else np.exp
 
 
 def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = False) -> F64:
@@ -471,7 +477,7 @@ def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = Fal
             x = _r(s * k.exp2_c - mm, ef)
             return _r(np.exp2(x), ef)
         x = _r(s - m, ef)
-        return _r(np.exp(x), ef)
+        return _r((np.exp if lse else _exp_fn(policy))(x), ef)
 
 
 def _dynamic_max(s: F64, r_m: F64, policy: AttentionPolicy, k: _Consts) -> F64:

@@ -63,6 +63,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_scaling": ("none", "tensor", "block"),
     "delta_source": ("output", "recompute", "dp_p"),
     "final_op": ("divide", "reciprocal"),
+    "exp_impl": ("exact", "torch_exp_u20"),
 }
 
 
@@ -89,6 +90,10 @@ class AttentionPolicy:
         scores_accum: Accumulation model of the score product q k^T.
         scores_fmt: Format S is stored in.
         exp_fmt: Format of the exponent's argument (S - m, or the FMA) and of P-bar = exp(.).
+        exp_impl: The forward's exp of S - m: ``"exact"`` (the exact exp rounded into
+            ``exp_fmt``) or ``"torch_exp_u20"`` (ATen's fp32 vector polynomial, bit for bit:
+            :func:`lowprec.vecmath.torch_exp_u20`; needs an fp32 ``exp_fmt`` and the scale on
+            the scores). The backward's recomputed P stays ``"exact"``.
         row_sum_accum: Accumulation model of the row sum of P-bar (a block of it when blocked).
         state_fmt: Format of the softmax state: the scale constants, the running row sum l,
             the rescale factor exp(m_old - m_new) and the final 1/l or division.
@@ -136,6 +141,7 @@ class AttentionPolicy:
     scores_accum: Any = _EXACT
     scores_fmt: Format | str = fp64
     exp_fmt: Format | str = fp64
+    exp_impl: str = "exact"
     row_sum_accum: Any = _EXACT
     state_fmt: Format | str = fp64
     dynamic_max_beta: float | None = None
@@ -200,6 +206,8 @@ class AttentionPolicy:
         - ``final_op="reciprocal"`` with ``normalize="probs"``: O is never divided.
         - ``scale_block_q`` / ``scale_block_k`` other than 128 without ``input_scaling="block"``.
         - a non-nearest ``pv_rounding`` into an exact ``pv_fmt``: exact values are not rounded.
+        - ``exp_impl="torch_exp_u20"`` with an ``exp_fmt`` other than fp32 or with
+          ``scale_apply="exp2"``: the polynomial is an fp32 natural-log exp.
         """
         conflicts = []
         if self.dynamic_max_beta is not None and self.normalize == "probs":
@@ -225,6 +233,14 @@ class AttentionPolicy:
             conflicts.append(
                 f"pv_rounding={pv_mode.value!r} with an exact pv_fmt: exact values are "
                 "not rounded (name the format the PV result is held in)"
+            )
+        if self.exp_impl == "torch_exp_u20" and (
+            self.exp_fmt != fp32 or self.scale_apply == "exp2"
+        ):
+            conflicts.append(
+                f"exp_impl='torch_exp_u20' with exp_fmt={self.fmt('exp').name} and "
+                f"scale_apply={self.scale_apply!r}: ATen's exp_u20 takes and gives fp32 and is "
+                "a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or 'qk_sqrt')"
             )
         if conflicts:
             raise ConfigError(f"AttentionPolicy {self.name!r}: " + "; ".join(conflicts))
@@ -500,7 +516,8 @@ def torch_cpu_flash(
     """torch's CPU flash attention on ``fmt`` tensors: FlashAttention-2's steps, scale on S.
 
     Mirrors ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``: S = q k^T in fp32, scaled in
-    fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32, its row sum in fp32;
+    fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32 by ATen's ``exp_u20``
+    polynomial (:func:`lowprec.vecmath.torch_exp_u20`), its row sum in fp32;
     P-bar cast to ``fmt`` before the PV product, added to the rescaled fp32 O; O times the fp32
     reciprocal of l, cast to ``fmt``. Backward as FlashAttention-2's: D from the output, P
     recomputed from lse, dS cast to ``fmt``. The CPU's products are not tensor cores: the score
@@ -511,6 +528,7 @@ def torch_cpu_flash(
     f = get_format(fmt)
     return _fa2(f"torch_cpu_flash_{f.name}", f).replace(
         scale_apply="scores",
+        exp_impl="torch_exp_u20",
         scores_accum=scores_accum,
         pv_accum=pv_accum,
         dp_accum=scores_accum,
