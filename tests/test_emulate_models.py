@@ -1,4 +1,4 @@
-"""lowprec.emulate on real, unchanged models: transformers GPT-2 and Llama, torch's encoder, TinyGPT.
+"""lowprec.emulate on real, unchanged models: transformers GPT-2 and Llama, torch encoder, TinyGPT.
 
 Every model is built from a tiny config with random weights (nothing is downloaded). For each:
 the outputs of every ``nn.Linear`` under ``emulate("bf16_amp")`` hold bf16 values; the loss's
