@@ -41,13 +41,15 @@ Known deviations the models keep: torch CPU flash attention's P-bar takes ATen's
 polynomial ``exp_u20`` (modelled bit for bit, :func:`lowprec.vecmath.torch_exp_u20`; it differs
 from the rounded exp in ~77% of fp32 values, by up to ~5 ulp), but its differences vanish in the
 cast of P-bar to bf16/fp16 before the PV product: modelling it changed none of the captured
-flash outputs' bit-identical fractions (both CPU captures, to three digits). What the flash
-model still lacks is the order of its fp32 sums: the row sum of P-bar is kept in vector lanes
-(8 on AVX2, 16 on AVX-512) and reduced across them at the end of each 512-key split, and the
-products run in the GEMM library's blocking; these are not modelled and are the candidates for
-the remaining differences (67-99% of elements bit-identical), so its targets are the error
-statistics. The math backend is
-bit-identical except where large logits make dS cancel (dq, dk of ``large_logits``).
+flash outputs' bit-identical fractions (both CPU captures, to three digits). The flash
+outputs that still differ (67-99% of elements bit-identical per case) differ mostly by one unit
+of the output format, and neither side is nearer fp64 (the captured value is the farther in 51%
+of them). Measured on ``sdpa_default_bf16_normal`` (AVX2 capture): no choice of the
+order of the fp32 sums (round-once, sequential, pairwise, 2-16 interleaved lanes, for the score,
+PV and row-sum products), of divide versus reciprocal, or of the key block (128-1024) moves the
+bit-identical fraction (0.891); the operation the model lacks is not yet identified. So the
+flash targets are the error statistics. The math backend is bit-identical except where large
+logits make dS cancel (dq, dk of ``large_logits``).
 """
 
 from __future__ import annotations
