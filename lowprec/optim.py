@@ -143,7 +143,7 @@ class AdamW(_PolicyOptimizer):
                 _check_param(p, pol.weight)
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         """One step of every parameter with a gradient; returns ``closure()`` if given."""
         loss = None
         if closure is not None:
@@ -245,7 +245,7 @@ class Muon(_PolicyOptimizer):
                     )
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         """One step of every parameter with a gradient; returns ``closure()`` if given."""
         loss = None
         if closure is not None:
