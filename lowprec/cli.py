@@ -78,6 +78,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "lowprec.compare",
     "lowprec.hwcheck",
     "lowprec.sweep",
+    "lowprec.diagnose_cli",
 )
 
 
