@@ -1,4 +1,4 @@
-"""lowprec.diagnose and ``lowprec diagnose``: planted bias found and fixed, exact plumbing, errors."""
+"""lowprec.diagnose and `lowprec diagnose`: planted bias found and fixed, plumbing, errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec import LowprecError, round_to
+from lowprec import round_to
 from lowprec.cli import main
 from lowprec.diagnose import clustered_t, diagnose, write_report
 from lowprec.emulate import emulate
