@@ -50,6 +50,7 @@ import json
 import math
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -657,3 +658,17 @@ def load_factory(spec: str) -> Callable[[], Any]:
     if not callable(fn):
         raise LowprecError(f"factory {spec!r}: {mod_name} has no function {fn_name}")
     return fn
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``lowprec.diagnose(...)`` call :func:`diagnose`.
+
+    Importing this submodule sets the package attribute ``lowprec.diagnose`` to the module
+    itself, so the module forwards calls to the function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return diagnose(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

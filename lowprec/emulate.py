@@ -29,7 +29,9 @@ preset`) mirror real training recipes.
 from __future__ import annotations
 
 import math
+import sys
 import threading
+import types
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -819,3 +821,17 @@ def emulate(policy: ModelPolicy | str = "bf16_amp", *, record_attention: bool = 
     if not isinstance(pol, ModelPolicy):
         raise ConfigError(f"policy={policy!r}; expected a ModelPolicy or a preset name")
     return Emulation(pol, record_attention=record_attention)
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``lowprec.emulate(...)`` call :func:`emulate`.
+
+    Importing this submodule sets the package attribute ``lowprec.emulate`` to the module
+    itself, so the module forwards calls to the function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return emulate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

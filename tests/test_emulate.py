@@ -209,3 +209,12 @@ def test_bf16_storage_refused_for_narrower_dtype_runs_native() -> None:
         y = x @ x
     assert y.dtype == torch.bfloat16
     assert emu.report().covered == {} and emu.report().uncovered == {"matmul": 1}
+
+
+def test_package_names_call_the_functions() -> None:
+    import lowprec
+    import lowprec.diagnose
+
+    assert isinstance(lowprec.emulate("fp32"), type(emulate("fp32")))
+    assert callable(lowprec.diagnose) and lowprec.ModelPolicy is ModelPolicy
+    assert lowprec.optim.AdamW.__module__ == "lowprec.optim"
