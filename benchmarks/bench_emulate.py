@@ -40,6 +40,8 @@ def llama(seed: int = 0, seq: int = 256) -> tuple[Any, dict[str, torch.Tensor], 
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=seq,
+        bos_token_id=0,
+        eos_token_id=0,
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
