@@ -32,6 +32,7 @@ ray = pytest.importorskip("ray")
 
 # tiny configs of every study that hands its seeds to Context.map
 FANNED: dict[str, dict[str, Any]] = {
+    "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
     "fp8_attention": {"seq_len": 128, "head_dim": 16, "block": 64, "seeds": 3},
     "training_stability": {
         "steps": 3,
