@@ -691,10 +691,12 @@ class Emulation(TorchFunctionMode):
             pol = self.policy
             spec = KernelSpec(pol.attention_policy, causal, scale, pol.kernel, pol.block_k)
             self._specs[(causal, scale)] = spec
-        # contiguous operands: the kernels then work on unit-stride blocks
-        q, k, v = (t.contiguous() for t in args)
+        # contiguous CPU operands (the kernels then work on unit-stride blocks); the copies to
+        # and from another device are differentiable, so gradients return to that device too
+        q, k, v = (t.contiguous().cpu() for t in args)
         out = LowprecAttentionFunction.apply(q, k, v, spec, self.rng, None)
         assert isinstance(out, torch.Tensor)
+        out = out.to(query.device)
         if self.record_attention:
             self.attention_calls.append(
                 {

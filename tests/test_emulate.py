@@ -218,3 +218,36 @@ def test_package_names_call_the_functions() -> None:
     assert isinstance(lowprec.emulate("fp32"), type(emulate("fp32")))
     assert callable(lowprec.diagnose) and lowprec.ModelPolicy is ModelPolicy
     assert lowprec.optim.AdamW.__module__ == "lowprec.optim"
+
+
+@pytest.mark.parametrize("preset", sorted(ModelPolicy.presets()))
+def test_every_preset_runs_a_layer_and_stores_its_format(preset: str) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    x = torch.randn(2, 8, 16)
+    pol = ModelPolicy.preset(preset)
+    outs: list[np.ndarray] = []
+    hook = layer.linear1.register_forward_hook(lambda m, i, o: outs.append(o.detach().numpy()))
+    with _quiet(), emulate(pol) as emu:
+        layer(x).pow(2).mean().backward()
+    hook.remove()
+    (y,) = outs
+    assert same_bits(y.astype(np.float64), round_to(y, pol.storage_fmt)).all()
+    assert emu.report().covered["matmul"] > 0
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
+_DEVICES = ["cuda"] if torch.cuda.is_available() else []
+
+
+@pytest.mark.parametrize("device", _DEVICES or [pytest.param("cuda", marks=pytest.mark.skip(
+    reason="no CUDA device"))])  # fmt: skip
+def test_cuda_tensors_come_back_to_their_device(rng: np.random.Generator, device: str) -> None:
+    q, k, v = (_t(rng, 1, 2, 8, 4).to(device).detach().requires_grad_() for _ in range(3))
+    w = _t(rng, 4, 4).to(device).detach().requires_grad_()
+    with _quiet(), emulate("bf16_amp") as emu:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True) @ w
+    out.sum().backward()
+    assert out.device == q.device and q.grad is not None and q.grad.device == q.device
+    assert w.grad is not None and w.grad.device == w.device
+    assert emu.report().moved_devices == [str(q.device)]
