@@ -11,9 +11,11 @@ rounded into ``policy.weight``. The parameter tensor must hold that format's val
 weight format wider than the parameter's dtype is refused; an exact weight (``None``) is cast
 into the parameter's dtype by torch (one round-to-nearest-even from float64).
 
-The state (master, moments, step, and the generator's state) lives in float64 tensors and goes
-through ``state_dict``/``load_state_dict`` without a rounding: torch's loader casts state
-tensors to the parameter's dtype, so :meth:`load_state_dict` restores the float64 values after it.
+The state (``master``; the moments under torch's names ``exp_avg`` and ``exp_avg_sq``, so that
+:class:`lowprec.track.AdamMonitor` reads them; ``step``; the generator's state) lives in float64
+tensors and goes through ``state_dict``/``load_state_dict`` without a rounding: torch's loader
+casts state tensors to the parameter's dtype, so :meth:`load_state_dict` restores the float64
+values after it.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class AdamW(_PolicyOptimizer):
         LowprecError: Meta or unsupported parameters.
     """
 
-    _FLOAT_STATE = ("master", "m", "v")
+    _FLOAT_STATE = ("master", "exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -158,13 +160,13 @@ class AdamW(_PolicyOptimizer):
                 if not st:
                     init = AdamState.init(_np(p), self.policy)
                     st["master"] = torch.from_numpy(init.master)
-                    st["m"] = torch.from_numpy(init.m)
-                    st["v"] = torch.from_numpy(init.v)
+                    st["exp_avg"] = torch.from_numpy(init.m)
+                    st["exp_avg_sq"] = torch.from_numpy(init.v)
                     st["step"] = 0
                 state = AdamState(
                     master=st["master"].numpy(),
-                    m=st["m"].numpy(),
-                    v=st["v"].numpy(),
+                    m=st["exp_avg"].numpy(),
+                    v=st["exp_avg_sq"].numpy(),
                     step=int(st["step"]),
                 )
                 out = adam_step(
@@ -181,8 +183,8 @@ class AdamW(_PolicyOptimizer):
                     rng=self._rng,
                 )
                 st["master"] = torch.from_numpy(out.state.master)
-                st["m"] = torch.from_numpy(out.state.m)
-                st["v"] = torch.from_numpy(out.state.v)
+                st["exp_avg"] = torch.from_numpy(out.state.m)
+                st["exp_avg_sq"] = torch.from_numpy(out.state.v)
                 st["step"] = out.state.step
                 p.copy_(torch.from_numpy(np.asarray(out.weight, dtype=np.float64)))
         return loss
