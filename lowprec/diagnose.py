@@ -34,6 +34,11 @@ the dynamic maximum (beta = 2, Qiu & Yao's fix), an fp32 output O, and stochasti
 the PV result; the top finding is measured again under each, and a change "removes" it when
 the bias is no longer significant (bias finding) or the error is at most half (error finding).
 
+With ``steps`` > 0, a further copy of the model trains ``steps`` steps on the batch under the
+policy with :class:`lowprec.optim.AdamW` (``adam`` policy, default ``mixed_bf16``); after each
+step :class:`lowprec.track.AdamMonitor` gives every tensor's update RMS,
+``RMS(m_hat / (sqrt(v_hat) + eps))`` from the stored moments in float64, and the SNR it implies.
+
 :func:`write_report` writes ``diagnosis.json``, ``diagnosis.md`` and ``diagnosis.html``
 atomically (:func:`lowprec.study.atomic_write`). Bad input (a meta tensor, a dtype lowprec does
 not take, NaN or infinity in the batch, a loss that is not a scalar) raises
@@ -65,10 +70,12 @@ from lowprec.emulate import Emulation, ModelPolicy, emulate
 from lowprec.errors import LowprecError
 from lowprec.formats import Format
 from lowprec.kernels.attention import naive, prepare_inputs
+from lowprec.kernels.optim import AdamPolicy
 from lowprec.kernels.policy import AttentionPolicy
 from lowprec.metrics import SIGNIFICANT_T, error_stats, per_axis
 from lowprec.rounding import round_to
 from lowprec.study import atomic_write
+from lowprec.track import AdamMonitor
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 _SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -373,6 +380,7 @@ class Diagnosis:
     top: Finding | None
     top_kind: str
     alternatives: list[dict[str, Any]] = field(default_factory=list)
+    training: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def ranked(self, key: str, n: int = 10) -> list[Finding]:
@@ -394,6 +402,7 @@ class Diagnosis:
             "ranked_by_bias": [_fd(f) for f in self.ranked("bias", 20)],
             "findings": [_fd(f) for f in self.findings],
             "attention": self.attention,
+            "training": self.training,
             "skipped": self.skipped,
             "seconds": self.seconds,
         }
@@ -403,6 +412,34 @@ def _fd(f: Finding) -> dict[str, Any]:
     return {"kind": f.kind, "name": f.name, **f.stats}
 
 
+def _train(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: LossFn,
+    policy: ModelPolicy,
+    steps: int,
+    adam: AdamPolicy | str,
+    lr: float,
+) -> list[dict[str, Any]]:
+    """Per step: the loss before it and every tensor's Adam update RMS and SNR after it."""
+    from lowprec.optim import AdamW
+
+    m = copy.deepcopy(model)
+    opt = AdamW(m.parameters(), lr=lr, policy=adam)
+    monitor = AdamMonitor(opt, m.named_parameters())
+    out = []
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with emulate(policy):
+                loss = _scalar_loss(loss_fn(m, batch))
+                loss.backward()
+        opt.step()
+        out.append({"step": i + 1, "loss": float(loss.item()), "tensors": monitor.read()})
+    return out
+
+
 def diagnose(
     model: nn.Module,
     batch: Any,
@@ -410,6 +447,9 @@ def diagnose(
     policy: ModelPolicy | str = "bf16_amp",
     *,
     alternatives: bool = True,
+    steps: int = 0,
+    adam: AdamPolicy | str = "mixed_bf16",
+    lr: float = 1e-3,
 ) -> Diagnosis:
     """One step of ``loss_fn(model, batch)`` under ``policy`` against a float64 shadow.
 
@@ -419,6 +459,9 @@ def diagnose(
         loss_fn: ``loss_fn(model, batch)`` returns the scalar loss.
         policy: A :class:`lowprec.emulate.ModelPolicy` or a preset name.
         alternatives: Re-run under the dynamic max, fp32 O and SR of PV (module docstring).
+        steps: Training steps with :class:`lowprec.optim.AdamW` to report update RMS and SNR.
+        adam: The AdamW policy of those steps.
+        lr: Their learning rate.
 
     Returns:
         The :class:`Diagnosis`.
@@ -430,6 +473,8 @@ def diagnose(
     pol = ModelPolicy.preset(policy) if isinstance(policy, str) else policy
     if not isinstance(pol, ModelPolicy):
         raise LowprecError(f"policy={policy!r}; expected a ModelPolicy or a preset name")
+    if not isinstance(steps, int) or steps < 0:
+        raise LowprecError(f"steps={steps!r}; expected a non-negative integer")
     check_inputs(model, batch)
     low = _run(model, batch, loss_fn, pol)
     ref = _run(model, _to64(batch), loss_fn, None)
@@ -467,6 +512,8 @@ def diagnose(
                     "removes_top_finding": bool(removes),
                 }
             )
+    if steps:
+        diag.training = _train(model, batch, loss_fn, pol, steps, adam, lr)
     diag.seconds = time.perf_counter() - t0
     return diag
 
@@ -569,6 +616,20 @@ def markdown(diag: Diagnosis) -> str:
                     f"{a['o_bias_t']:+.2f}",
                 ]
                 for a in diag.attention
+            ],
+        )
+    if diag.training:
+        last = diag.training[-1]
+        lines += ["", f"## AdamW steps: update RMS and SNR after step {last['step']}", ""]
+        lines += [
+            "Losses by step: " + ", ".join(f"{t['loss']:.6g}" for t in diag.training) + ".",
+            "",
+        ]
+        lines += _table(
+            ["tensor", "update RMS", "SNR"],
+            [
+                [f"`{n}`", f"{v['update_rms']:.4g}", f"{v['snr']:.3g}"]
+                for n, v in last["tensors"].items()
             ],
         )
     lines += ["", f"Policy: `{json.dumps(diag.policy)}`", ""]

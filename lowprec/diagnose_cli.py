@@ -17,7 +17,14 @@ def _cmd_diagnose(args: Any) -> int:
             "expected (model, batch, loss_fn)"
         )
     model, batch, loss_fn = made
-    diag = diagnose(model, batch, loss_fn, args.policy, alternatives=not args.no_alternatives)
+    diag = diagnose(
+        model,
+        batch,
+        loss_fn,
+        args.policy,
+        alternatives=not args.no_alternatives,
+        steps=args.steps,
+    )
     paths = write_report(diag, args.out)
     print(verdict(diag))
     print(
@@ -43,5 +50,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="diagnosis", help="output folder (default ./diagnosis)")
     p.add_argument(
         "--no-alternatives", action="store_true", help="skip the re-runs under policy changes"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="also train N AdamW (mixed_bf16) steps and report update RMS and SNR per tensor",
     )
     p.set_defaults(func=_cmd_diagnose)

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec import round_to
+from lowprec import LowprecError, round_to
 from lowprec.cli import main
-from lowprec.diagnose import clustered_t, diagnose, write_report
+from lowprec.diagnose import clustered_t, diagnose, markdown, write_report
 from lowprec.emulate import emulate
+from lowprec.formats import fp32
 from lowprec.metrics import SIGNIFICANT_T, error_stats
 
 
@@ -223,3 +224,24 @@ def test_diagnose_a_transformers_llama() -> None:
     names = {f.name for f in diag.findings if f.kind == "grad"}
     assert "model.layers.1.self_attn.q_proj.weight" in names
     assert diag.emulation["covered"]["scaled_dot_product_attention"] == 2
+
+
+def test_training_steps_report_adam_update_rms() -> None:
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    model = MLP()
+    diag = diagnose(model, x, _mlp_loss, "bf16_amp", alternatives=False, steps=3, lr=1e-2)
+    assert [t["step"] for t in diag.training] == [1, 2, 3]
+    assert diag.training[-1]["loss"] < diag.training[0]["loss"]
+    # after one step m_hat / sqrt(v_hat) = g / |g|: RMS 1 up to eps / |g| and fp32 moments
+    low = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with emulate("bf16_amp"):
+            _mlp_loss(low, x).backward()
+    for name, p in low.named_parameters():
+        g = np.abs(round_to(p.grad.double().numpy(), "bf16"))
+        rms = diag.training[0]["tensors"][name]["update_rms"]
+        assert abs(rms - 1) <= 1e-8 / g.min() + 4 * fp32.eps, name
+    assert "AdamW steps" in markdown(diag)
+    with pytest.raises(LowprecError, match="steps"):
+        diagnose(model, x, _mlp_loss, steps=-1)
