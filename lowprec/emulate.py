@@ -269,6 +269,9 @@ _PRESETS: dict[str, Callable[[], ModelPolicy]] = {
 # ---- tensors <-> numpy ----------------------------------------------------------------------
 
 _SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# fraction and exponent bits of the narrower dtypes: a storage format they hold exactly
+_MAN_BITS = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}
+_EXP_BITS = {torch.float32: 8, torch.bfloat16: 8, torch.float16: 5}
 
 
 def _check(t: torch.Tensor, what: str) -> None:
@@ -309,7 +312,7 @@ def _to_torch(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """float carrier values back as a tensor of like's dtype and device.
 
     Values are in the storage format, which every supported dtype holds when the policy's
-    storage is no wider than it (checked by :meth:`Emulation._out_dtype`).
+    storage is no wider than it (checked by :meth:`Emulation._out_ok`; a wider one runs natively).
     """
     out = torch.from_numpy(np.ascontiguousarray(x))
     if out.dtype != like.dtype:
@@ -573,8 +576,8 @@ class Emulation(TorchFunctionMode):
             _check(t, "tensor")
             self._moved(t)
             st = self.policy.storage_fmt
-            if t.dtype != torch.float64 and st.man_bits > (
-                23 if t.dtype == torch.float32 else 7 if t.dtype == torch.bfloat16 else 10
+            if t.dtype != torch.float64 and (
+                st.man_bits > _MAN_BITS[t.dtype] or st.exp_bits > _EXP_BITS[t.dtype]
             ):
                 return False
         return True

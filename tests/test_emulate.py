@@ -203,11 +203,15 @@ def test_bad_input_is_one_clear_error() -> None:
     assert emu.report().covered == {}
 
 
-def test_bf16_storage_refused_for_narrower_dtype_runs_native() -> None:
-    x = torch.ones(2, 2, dtype=torch.bfloat16)
-    with _quiet(), emulate(ModelPolicy(storage=fp32)) as emu:
+@pytest.mark.parametrize(
+    ("dtype", "storage"),
+    [(torch.bfloat16, "fp32"), (torch.float16, "bf16"), (torch.bfloat16, "fp16")],
+)
+def test_storage_wider_than_the_dtype_runs_native(dtype: torch.dtype, storage: str) -> None:
+    x = torch.ones(2, 2, dtype=dtype)
+    with _quiet(), emulate(ModelPolicy(storage=storage)) as emu:
         y = x @ x
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == dtype
     assert emu.report().covered == {} and emu.report().uncovered == {"matmul": 1}
 
 
