@@ -32,6 +32,15 @@ ray = pytest.importorskip("ray")
 
 # tiny configs of every study that hands its seeds to Context.map
 FANNED: dict[str, dict[str, Any]] = {
+    "deltanet_inverse": {
+        "head_dim": 8,
+        "chunks": 2,
+        "block": 8,
+        "chunk_sizes": [8, 16],
+        "raw_chunk_sizes": [4, 8],
+        "seeds": 3,
+    },
+    "rope_precision": {"head_dim": 16, "pairs": 8, "positions": [64, 4096], "seeds": 3},
     "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
     "fp8_attention": {"seq_len": 128, "head_dim": 16, "block": 64, "seeds": 3},
     "training_stability": {
