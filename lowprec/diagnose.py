@@ -18,6 +18,10 @@ with its standard error and t; ULP histogram in the policy's storage format):
   kernel compares within each key block against its running maximum, which can tie where the
   whole row does not and vice versa.
 
+Each run starts from ``torch.manual_seed(0)``, so a diagnosis is reproducible; dropout masks
+still differ between the float32 and the float64 run, so turn dropout off (``p = 0``) for a
+diagnosis: its error would otherwise swamp the rounding error.
+
 Bias is judged by a clustered t. Errors that share a rounded weight (every row of a product's
 output column) are correlated, so the pooled t of :func:`~lowprec.metrics.error_stats`, which
 assumes independent errors, overstates significance by up to the square root of the number of
@@ -165,6 +169,27 @@ class _Step:
     emu: Emulation | None = None
 
 
+def _forward_backward(
+    m: nn.Module, batch: Any, loss_fn: LossFn, policy: ModelPolicy | None, handles: list[Any]
+) -> tuple[torch.Tensor, Emulation | None]:
+    """loss_fn(m, batch) and its backward, emulated or native; removes the hooks after."""
+    emu = None
+    try:
+        if policy is None:
+            loss = _scalar_loss(loss_fn(m, batch))
+            loss.backward()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with emulate(policy, record_attention=True) as emu:
+                    loss = _scalar_loss(loss_fn(m, batch))
+                    loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return loss, emu
+
+
 def _run(model: nn.Module, batch: Any, loss_fn: LossFn, policy: ModelPolicy | None) -> _Step:
     """One forward + backward of a copy of ``model``: emulated, or native float64 (None)."""
     m = copy.deepcopy(model)
@@ -184,20 +209,10 @@ def _run(model: nn.Module, batch: Any, loss_fn: LossFn, policy: ModelPolicy | No
         return record
 
     handles = [mod.register_forward_hook(hook(n)) for n, mod in m.named_modules() if n]
-    emu = None
-    try:
-        if policy is None:
-            loss = _scalar_loss(loss_fn(m, batch))
-            loss.backward()
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with emulate(policy, record_attention=True) as emu:
-                    loss = _scalar_loss(loss_fn(m, batch))
-                    loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
+    # random ops (dropout) draw the same stream in every run; the caller's RNG is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loss, emu = _forward_backward(m, batch, loss_fn, policy, handles)
     grads = {
         n: p.grad.detach().to("cpu", torch.float64).numpy()
         for n, p in m.named_parameters()

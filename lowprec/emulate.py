@@ -463,7 +463,7 @@ _LAYOUT = frozenset(
     is_contiguous is_complex element_size data_ptr requires_grad_ type_as type float double
     half bfloat16 long int bool item tolist numpy new_zeros new_ones new_empty new_full
     new_tensor fill_ zero_ copy_ eq ne lt le gt ge logical_not logical_and logical_or isnan
-    isinf isfinite all any argmax argmin embedding dropout roll flip diagonal movedim
+    isinf isfinite all any argmax argmin embedding roll flip diagonal movedim
     _has_compatible_shallow_copy_type split_with_sizes tensor_split as_strided""".split()
 )
 
