@@ -245,3 +245,13 @@ def test_training_steps_report_adam_update_rms() -> None:
     assert "AdamW steps" in markdown(diag)
     with pytest.raises(LowprecError, match="steps"):
         diagnose(model, x, _mlp_loss, steps=-1)
+
+
+def test_diagnose_refuses_what_it_cannot_compare() -> None:
+    x = torch.randn(4, 16)
+    with pytest.raises(LowprecError, match=r"torch\.nn\.Module"):
+        diagnose(lambda t: t, x, _mlp_loss)  # type: ignore[arg-type]
+    with pytest.raises(LowprecError, match="without a gradient"):
+        diagnose(MLP(), x, lambda m, b: m(b).sum().detach())
+    with pytest.raises(LowprecError, match="no tensor"):
+        diagnose(MLP(), {"x": 3}, _mlp_loss)

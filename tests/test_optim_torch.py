@@ -149,3 +149,23 @@ def test_bad_parameters_are_clear_errors() -> None:
         Muon([torch.nn.Parameter(torch.zeros(3))])
     with pytest.raises(LowprecError, match="unknown AdamPolicy preset"):
         AdamW([torch.nn.Parameter(torch.zeros(3))], policy="bf17")
+
+
+def test_muon_state_dict_round_trip(rng: np.random.Generator) -> None:
+    shapes = ((6, 4),)
+    params = _params(rng, shapes)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = _grads(rng, 4, shapes)
+    pol = MuonPolicy(master=None, weight=bf16, weight_mode="stochastic")
+    a = Muon(params, policy=pol, seed=1)
+    _run(a, params, grads)
+    b = Muon(copies, policy=pol, seed=1)
+    _run(b, copies, grads[:2])
+    buf = io.BytesIO()
+    torch.save(b.state_dict(), buf)
+    buf.seek(0)
+    c = Muon(copies, policy=pol, seed=42)
+    c.load_state_dict(torch.load(buf, weights_only=True))
+    _run(c, copies, grads[2:])
+    assert same_bits(params[0].detach().numpy(), copies[0].detach().numpy()).all()
+    assert c.state[copies[0]]["buf"].dtype == torch.float64
