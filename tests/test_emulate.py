@@ -255,3 +255,22 @@ def test_cuda_tensors_come_back_to_their_device(rng: np.random.Generator, device
     assert out.device == q.device and q.grad is not None and q.grad.device == q.device
     assert w.grad is not None and w.grad.device == w.device
     assert emu.report().moved_devices == [str(q.device)]
+
+
+def test_tensor_core_preset_products_are_the_accum_model(rng: np.random.Generator) -> None:
+    from lowprec.accum import matmul, tensor_core_preset
+
+    a, b = _t(rng, 5, 70, grad=False), _t(rng, 70, 3, grad=False)
+    h100 = tensor_core_preset("H100", bf16, fp32)
+    ab, bb = (np.asarray(round_to(t.double().numpy(), bf16)) for t in (a, b))
+    acc = np.asarray(matmul(ab, bb, accum=h100)).astype(np.float32)  # the fp32 accumulator
+    with emulate("bf16_h100_fa2"):
+        y = (a @ b).double().numpy()
+    assert same_bits(y, round_to(acc, bf16)).all()
+    # with fp32 storage the accumulator itself is seen: truncation, not the ideal sum
+    pol = ModelPolicy(storage=fp32, matmul_input=bf16, accum=h100)
+    with emulate(pol):
+        y32 = (a @ b).double().numpy()
+    assert same_bits(y32, acc).all()
+    exact = (ab @ bb).astype(np.float32)  # bf16 products' float64 sum, one fp32 rounding
+    assert not same_bits(y32, exact).all()
