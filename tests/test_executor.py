@@ -32,6 +32,14 @@ ray = pytest.importorskip("ray")
 
 # tiny configs of every study that hands its seeds to Context.map
 FANNED: dict[str, dict[str, Any]] = {
+    "mla_absorb": {
+        "heads": 2,
+        "head_dim": 16,
+        "latent_dim": 32,
+        "rope_dim": 8,
+        "keys": 16,
+        "seeds": 3,
+    },
     "deltanet_inverse": {
         "head_dim": 8,
         "chunks": 2,
