@@ -8,6 +8,20 @@ from lowprec.rounding import Rounding, decode, encode, next_down, next_up, round
 
 __version__ = "0.1.0"
 
+# torch-side names, imported on first use so that `import lowprec` does not load torch;
+# lowprec.emulate and lowprec.diagnose are modules that call their function when called
+_LAZY = {"emulate": "emulate", "diagnose": "diagnose", "optim": "optim", "ModelPolicy": "emulate"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lowprec' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f"lowprec.{_LAZY[name]}")
+    return module if name == _LAZY[name] else getattr(module, name)
+
+
 __all__ = [
     "Format",
     "LowprecError",

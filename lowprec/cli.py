@@ -138,6 +138,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "lowprec.hwcheck",
     "lowprec.peers",
     "lowprec.sweep",
+    "lowprec.diagnose_cli",
 )
 
 
