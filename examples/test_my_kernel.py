@@ -5,7 +5,7 @@ error of your kernel against fp64 maths on the same bf16 inputs must stay within
 the error of the same maths done naively in bf16 (lowprec's emulation of torch's math SDPA),
 plus one bf16 unit roundoff. No hand-typed tolerance.
 
-Replace ``from kernels import attention as my_attention`` with your kernel; it is called as
+Replace ``from my_kernels import attention as my_attention`` with your kernel; it is called as
 ``my_attention(q, k, v, causal=..., scale=...)`` on ``ml_dtypes.bfloat16`` arrays of shape
 (B, H, N, D) and must return O of the same shape.
 """
@@ -17,7 +17,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from kernels import attention as my_attention
+from my_kernels import attention as my_attention
 
 from lowprec import cases, round_to
 from lowprec.kernels.attention import naive

@@ -142,7 +142,7 @@ def test_example_pytest_helper_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLES))
     mod = importlib.import_module("test_my_kernel")
     mod.test_attention_within_bf16_budget("ties", True)
-    kernels = importlib.import_module("kernels")
+    kernels = importlib.import_module("my_kernels")
     monkeypatch.setattr(mod, "my_attention", kernels.attention_bf16_accumulate)
     with pytest.raises(AssertionError, match="over budget"):
         mod.test_attention_within_bf16_budget("ties", False)
