@@ -261,7 +261,15 @@ class RayExecutor:
         ray = self._ray
         self._connect()
         bar = progress or _NoProgress()
-        task = ray.remote(max_retries=self.retries, retry_exceptions=False)(_call)
+        # Ray sets OMP_NUM_THREADS=1 in its workers unless told otherwise; BLAS sums (numpy's,
+        # a user kernel's) then split differently from this process's and change their last
+        # bits, so a task gets this process's setting (its CPU count when unset)
+        threads = os.environ.get("OMP_NUM_THREADS", str(_workers(None)))
+        task = ray.remote(
+            max_retries=self.retries,
+            retry_exceptions=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}},
+        )(_call)
         fn_ref = ray.put(fn)
         refs = [task.remote(fn_ref, unit) for unit in units]
         index = {ref: i for i, ref in enumerate(refs)}

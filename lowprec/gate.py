@@ -91,7 +91,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lowprec import __version__, cases
+from lowprec import executor as executors
 from lowprec.errors import ConfigError, LowprecError
+from lowprec.executor import Executor
 from lowprec.formats import Format, get_format
 from lowprec.metrics import SIGNIFICANT_T, ErrorStats, error_stats
 from lowprec.rounding import round_to
@@ -935,6 +937,7 @@ def run_gate(
     *,
     echo: Callable[[str], None] | None = None,
     allow_skipped: bool = False,
+    executor: Executor | None = None,
 ) -> GateRun:
     """Run every check of a config.
 
@@ -945,6 +948,10 @@ def run_gate(
             without one are in :attr:`GateRun.missing_baseline` and make the exit code 2.
         echo: Called with each diagnosis line as it is found (None: silent).
         allow_skipped: Exit 0 (not 2) when every check was skipped.
+        executor: Where the cases run (:mod:`lowprec.executor`); None or serial: here, in
+            order, sharing the references of checks with the same case. Any other executor
+            runs every (check, case) as a :class:`GateUnit`; the results (and the JSON) are the
+            same, in the config's order.
 
     Returns:
         The results; :attr:`GateRun.exit_code` is the gate's exit code.
@@ -953,6 +960,9 @@ def run_gate(
     run = GateRun(config, allow_skipped=allow_skipped)
     stored = None if baseline is None else dict(baseline)
     cache: _RefCache = {}
+    fanned = executor is not None and executor.name != "serial"
+    pending: list[tuple[Check, str]] = []
+    order = {c.name: i for i, c in enumerate(config.checks)}
     with _sys_path(config.pythonpath):
         for check in config.checks:
             head = (
@@ -970,19 +980,87 @@ def run_gate(
                 run.checks.append(CheckResult(check, error=str(exc)))
                 say(f"{head}: ERROR {exc}")
                 continue
+            if fanned:
+                pending.append((check, head))
+                continue
             say(head)
             results = []
             for case in check.cases:
                 res = _run_case(fn, check, case, config.seed, stored, cache, run.missing_baseline)
                 results.append(res)
-                if res.error is not None:
-                    say(f"  {case.id}: ERROR {res.error}")
-                for t in res.tensors:
-                    say(f"  {case.id} {t.line()}")
-            result = CheckResult(check, tuple(results))
-            run.checks.append(result)
-            say(f"  => {result.status.upper()}")
+                _say_case(say, res)
+            _finish_check(run, check, tuple(results), say)
+    if fanned and pending:
+        base = None if stored is None else tuple(sorted(stored.items()))
+        units = [
+            GateUnit(check, case, config.seed, tuple(config.pythonpath), base)
+            for check, _ in pending
+            for case in check.cases
+        ]
+        done = iter(executor.map(run_gate_unit, units) if executor is not None else [])
+        for check, head in pending:
+            say(head)
+            results = []
+            for _ in check.cases:
+                res, missing = next(done)
+                run.missing_baseline.extend(missing)
+                results.append(res)
+                _say_case(say, res)
+            _finish_check(run, check, tuple(results), say)
+        run.checks.sort(key=lambda cr: order[cr.check.name])
     return run
+
+
+def _say_case(say: Callable[[str], None], res: CaseResult) -> None:
+    if res.error is not None:
+        say(f"  {res.case.id}: ERROR {res.error}")
+    for t in res.tensors:
+        say(f"  {res.case.id} {t.line()}")
+
+
+def _finish_check(
+    run: GateRun, check: Check, results: tuple[CaseResult, ...], say: Callable[[str], None]
+) -> None:
+    result = CheckResult(check, results)
+    run.checks.append(result)
+    say(f"  => {result.status.upper()}")
+
+
+@dataclass(frozen=True)
+class GateUnit:
+    """One case of one check, with everything it needs to run in another process.
+
+    Attributes:
+        check: The check (its kernel is loaded by name where the unit runs).
+        case: The case.
+        seed: The config's seed (the case's inputs are drawn from it).
+        pythonpath: Folders the kernel's module is imported from.
+        baseline: The stored worst errors as ``(key, value)`` pairs, or None.
+    """
+
+    check: Check
+    case: Case
+    seed: int
+    pythonpath: tuple[Path, ...]
+    baseline: tuple[tuple[str, float], ...] | None
+
+
+def run_gate_unit(unit: GateUnit) -> tuple[CaseResult, list[str]]:
+    """Run one :class:`GateUnit`: its case result and the baseline keys it found missing.
+
+    The kernel was loaded once in the caller already (a kernel that cannot load errors its
+    check before any unit runs), so a failure to load it here is a difference between the two
+    processes' paths, reported as the case's error.
+    """
+    missing: list[str] = []
+    stored = None if unit.baseline is None else dict(unit.baseline)
+    with _sys_path(unit.pythonpath):
+        try:
+            fn = load_kernel(unit.check.kernel)
+        except KernelError as exc:
+            return CaseResult(unit.case, error=f"in the worker: {exc}"), missing
+        res = _run_case(fn, unit.check, unit.case, unit.seed, stored, {}, missing)
+    return res, missing
 
 
 # ---- outputs --------------------------------------------------------------------------------
@@ -1145,7 +1223,13 @@ def _cmd_gate(args: argparse.Namespace) -> int:
             stored = read_baseline(base_path, write_command=_update_command(args))
         if args.update_baseline and base_path is None:
             raise ConfigError("--update-baseline needs --baseline FILE or 'baseline' in the config")
-        run = run_gate(config, stored, echo=print, allow_skipped=args.allow_skipped)
+        ex = executors.from_arguments(args)
+        try:
+            run = run_gate(
+                config, stored, echo=print, allow_skipped=args.allow_skipped, executor=ex
+            )
+        finally:
+            ex.close()
     except LowprecError as exc:
         print(f"lowprec gate: error: {exc}", file=sys.stderr)
         return 2
@@ -1215,6 +1299,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--junit", help="write JUnit XML here")
     p.add_argument("--json", help="write the full results as JSON here")
+    # serial by default: a gate's kernels may hold a GPU; --executor local or ray fans the cases
+    executors.add_arguments(p, default="serial")
     p.set_defaults(func=_cmd_gate)
 
 

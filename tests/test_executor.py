@@ -187,3 +187,18 @@ def test_cli_bad_executor_setting_is_one_line_exit_2() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "--address" in proc.stderr
+
+
+def test_gate_cases_fan_out_with_the_same_results(
+    local: LocalExecutor, ray_local: Executor
+) -> None:
+    from lowprec.gate import load_config, run_gate, to_json
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for name in ("lowprec-gate.toml", "lowprec-gate-regressions.toml"):
+        config = load_config(root / name)
+        serial = to_json(run_gate(config))
+        for ex in (local, ray_local):
+            got = run_gate(config, executor=ex)
+            assert to_json(got) == serial, (name, ex.name)
+        assert serial["checks"]  # the configs have checks to fan out
