@@ -97,7 +97,7 @@ from lowprec.executor import Executor
 from lowprec.formats import Format, get_format
 from lowprec.metrics import SIGNIFICANT_T, ErrorStats, error_stats
 from lowprec.rounding import round_to
-from lowprec.study import atomic_write
+from lowprec.study import atomic_write, read_toml
 from lowprec.testing import BudgetResult, within_budget
 
 F64 = NDArray[np.float64]
@@ -213,27 +213,6 @@ class GateConfig:
     pythonpath: tuple[Path, ...]
     baseline: Path | None
     checks: tuple[Check, ...]
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib as toml  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as toml  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "reading TOML needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
-            ) from None
-    try:
-        with path.open("rb") as f:
-            return dict(toml.load(f))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
-    except toml.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def _unknown(table: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
@@ -394,7 +373,7 @@ def load_config(path: str | os.PathLike[str]) -> GateConfig:
             the wrong type or value; the message names the check, the key and what was expected.
     """
     p = Path(path)
-    raw = _read_toml(p)
+    raw = read_toml(p)
     _unknown(raw, _TOP_KEYS, str(p))
     seed = raw.get("seed", DEFAULT_SEED)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:

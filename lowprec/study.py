@@ -831,6 +831,34 @@ def _dump_value(v: Any, level: int) -> str:
     return json.dumps(v, allow_nan=False, ensure_ascii=False)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; ``what`` names the file in the error (e.g. ``"sweep file"``).
+
+    Raises:
+        ConfigError: If the file is missing, unreadable or not TOML (or Python 3.10 lacks
+            ``tomli``).
+    """
+    try:
+        import tomllib as toml  # Python >= 3.11
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as toml  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "reading TOML needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
+            ) from None
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            return dict(toml.load(f))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(p)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {exc}") from None
+    except toml.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temp file in the same folder, then rename.
 

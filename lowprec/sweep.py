@@ -64,7 +64,7 @@ from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import get_format
 from lowprec.intervals import seed_interval
 from lowprec.metrics import error_stats
-from lowprec.study import Plot, ProgressBar, Table, atomic_write, progress_enabled
+from lowprec.study import Plot, ProgressBar, Table, atomic_write, progress_enabled, read_toml
 
 KINDS = ("attention", "matmul")
 RESULTS = "results.jsonl"
@@ -122,32 +122,6 @@ class Sweep:
 # ---- reading the sweep file ---------------------------------------------------------------------
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as a dict.
-
-    Raises:
-        ConfigError: If the file is missing, unreadable or not TOML.
-    """
-    try:
-        import tomllib as toml  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as toml  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "reading TOML needs Python >= 3.11 or the 'tomli' package (pip install tomli)"
-            ) from None
-    try:
-        with path.open("rb") as f:
-            return dict(toml.load(f))
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"sweep file {str(path)!r} cannot be read: {exc}") from None
-    except toml.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-
-
 def _list(grid: Mapping[str, Any], key: str, where: str, default: Any = None) -> list[Any]:
     value = grid.get(key, default)
     if value is None:
@@ -194,7 +168,7 @@ def load_sweep(path: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     from lowprec.kernels.policy import AttentionPolicy
 
     src = Path(path)
-    raw = read_toml(src)
+    raw = read_toml(src, "sweep file")
     where = str(src)
     extra = sorted(set(raw) - _TOP_KEYS)
     if extra:

@@ -16,6 +16,7 @@ import pytest
 from lowprec import gate
 from lowprec.metrics import error_stats
 from lowprec.rounding import round_to
+from lowprec.study import read_toml
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -99,7 +100,7 @@ def test_good_example_kernel_passes(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, out
     doc = json.loads(js.read_text())
     tensors = [t for c in doc["checks"] for k in c["cases"] for t in k["tensors"]]
-    n = len(gate._read_toml(EXAMPLES / "lowprec-gate.toml")["defaults"]["cases"])
+    n = len(read_toml(EXAMPLES / "lowprec-gate.toml")["defaults"]["cases"])
     assert len(tensors) == n and all(t["passed"] for t in tensors)
     # the budget is used, but not exhausted: the check can fail
     assert all(0 < t["share"] < 1 for t in tensors)
