@@ -16,6 +16,9 @@ TESTS = (
     "tests/test_rounding_exhaustive.py",
     "tests/test_formats.py",
     "tests/test_encode.py",
+    "tests/test_emulate.py",
+    "tests/test_optim_torch.py",
+    "tests/test_torch_attention.py",
 )
 
 
@@ -50,13 +53,12 @@ def test_constraints_pin_the_declared_lower_bounds() -> None:
         # the pin is the lower bound itself, padded with zeros (1.26 -> 1.26.0)
         assert version.split(".")[: len(want.split("."))] == want.split("."), (name, version, want)
         assert set(version.split(".")[len(want.split(".")) :]) <= {"0"}, (name, version, want)
-    # every runtime dependency is pinned, except torch, which the file says it leaves out
-    text = LOWER.read_text()
+    # every runtime dependency is pinned, torch included
     for name in declared:
-        assert name in pins or (name == "torch" and "torch (>=" in text), name
+        assert name in pins, name
 
 
-def test_ci_runs_the_rounding_tests_with_the_lower_bounds() -> None:
+def test_ci_runs_the_rounding_and_torch_tests_with_the_lower_bounds() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-c constraints/lower-bounds.txt" in ci and ".venv-lower" in ci
     tail = ci.split("-c constraints/lower-bounds.txt", 1)[1]
