@@ -50,6 +50,14 @@ FANNED: dict[str, dict[str, Any]] = {
     },
     "rope_precision": {"head_dim": 16, "pairs": 8, "positions": [64, 4096], "seeds": 3},
     "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
+    "muon_update_rms": {
+        "steps": 2,
+        "batch": 2,
+        "seq_len": 8,
+        "d_model": 8,
+        "scales": [0.2],
+        "seeds": 3,
+    },
     "attention_scale": {
         "rows": 8,
         "seq_lens": [16, 32],
