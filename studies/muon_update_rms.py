@@ -290,7 +290,7 @@ STUDY = Study(
     quick={
         "seed": 0,
         "seeds": 5,
-        "steps": 16,
+        "steps": 24,
         "batch": 8,
         "seq_len": 32,
         "n_layer": 1,
