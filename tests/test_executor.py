@@ -50,6 +50,22 @@ FANNED: dict[str, dict[str, Any]] = {
     },
     "rope_precision": {"head_dim": 16, "pairs": 8, "positions": [64, 4096], "seeds": 3},
     "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
+    "muon_update_rms": {
+        "steps": 2,
+        "batch": 2,
+        "seq_len": 8,
+        "d_model": 8,
+        "scales": [0.2],
+        "seeds": 3,
+    },
+    "attention_scale": {
+        "rows": 8,
+        "seq_lens": [16, 32],
+        "head_dims": [16],
+        "scales": [1.0, 8.0, 64.0],
+        "fine_points": 8,
+        "seeds": 3,
+    },
     "fp8_attention": {"seq_len": 128, "head_dim": 16, "block": 64, "seeds": 3},
     "training_stability": {
         "steps": 3,
