@@ -901,7 +901,9 @@ class Sequential(AccumModel):
     Without ``c`` the sum starts from the first product (signed zeros: the module docstring).
 
     Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
-    once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does.
+    once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does. Each step is
+    :func:`add_round` of the running sum and the product, compiled
+    (:mod:`lowprec.accum._sum_kernel`) over blocks of a row's outputs.
 
     Attributes:
         fmt: Accumulator format.
@@ -944,7 +946,8 @@ class Pairwise(AccumModel):
     The tree is the one a binary counter builds: leaves are merged in consecutive blocks of
     2, 4, 8, ...; when K is not a power of two the leftover blocks (sizes decreasing from the
     left) are added from the smallest (rightmost) into the next larger. ``c`` is added last.
-    Memory stays at log2(K) partial sums.
+    Memory stays at log2(K) partial sums. Every rounding is :func:`add_round`'s (a leaf is
+    the product added to the additive identity), compiled in :mod:`lowprec.accum._sum_kernel`.
 
     Attributes:
         fmt: Format of products and partial sums.
