@@ -1,17 +1,23 @@
 """Throughput of lowprec's accumulation models on a 512 x 512 x 512 product, against baselines.
 
-Usage: ``python benchmarks/bench_matmul.py [--size 512] [--repeat 3]``
+Usage: ``python benchmarks/bench_matmul.py [--size 512] [--repeat 3] [--check]``
 
-For bf16 and fp8 (e4m3) inputs it times every model side by side with numpy's float64 matmul
-(the baseline of the ratio column) and, when installed, MMA-Sim's chained tensor-core model
+For bf16 and fp8 (e4m3) inputs it times every model side by side with numpy's float32 matmul
+(the baseline of the first ratio column, measured in the same run; the second ratio is to
+lowprec's RoundOnce(fp32) in the same run) and, when installed, MMA-Sim's chained tensor-core model
 (``mmasim``, timed on a slice of rows: it materialises M*N*K products) and mmaemu's
 ``accumulate`` (fp8 only), all on the same inputs, and prints multiply-accumulates per second.
 The results of the simulators are also compared bit for bit with lowprec's preset.
+
+Targets (issue 18, item 2, absolute, for 512^3 on 2 cores): Sequential, Pairwise and Chunked
+models at least 1 G MAC/s, every tensor-core model at least 4 G MAC/s; each row with a target
+prints PASS or FAIL, and ``--check`` exits 1 when any row fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +26,7 @@ import numpy as np
 
 from lowprec import round_to
 from lowprec.accum import Chunked, Exact, Pairwise, RoundOnce, Sequential, matmul
-from lowprec.accum.tensorcore import TENSOR_CORES
+from lowprec.accum.tensorcore import HMMA_SPLITS, TENSOR_CORES
 from lowprec.formats import fp32, get_format
 
 
@@ -73,14 +79,35 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
+    failed = 0
     for fmt_name, preset in (("bf16", "hopper-bf16-fp32"), ("fp8_e4m3fn", "hopper-e4m3-fp32")):
-        _bench(fmt_name, preset, args.size, args.repeat, rng)
+        failed += _bench(fmt_name, preset, args.size, args.repeat, rng)
+    print(f"\n{failed} target(s) missed" if failed else "\nall targets met")
+    if args.check and failed:
+        sys.exit(1)
 
 
-def _bench(fmt_name: str, preset: str, n: int, repeat: int, rng: np.random.Generator) -> None:
-    """Time every model and the baselines on one input format; print the table."""
+SUM_TARGET = 1.0  # G MAC/s: Sequential, Pairwise, Chunked (issue 18, item 2)
+TC_TARGET = 4.0  # G MAC/s: every tensor-core model
+
+
+def _target(name: str) -> float | None:
+    if name.startswith(("Sequential", "Pairwise", "Chunked")):
+        return SUM_TARGET
+    if name.startswith(("TensorCore", "HmmaSplit")):
+        return TC_TARGET
+    return None
+
+
+def _bench(fmt_name: str, preset: str, n: int, repeat: int, rng: np.random.Generator) -> int:
+    """Time every model and the baselines on one input format; print the table.
+
+    Returns:
+        The number of rows that miss their target.
+    """
     macs = n**3
     fmt = get_format(fmt_name)
     a = np.asarray(round_to(rng.standard_normal((n, n)), fmt), dtype=np.float64)
@@ -97,14 +124,28 @@ def _bench(fmt_name: str, preset: str, n: int, repeat: int, rng: np.random.Gener
     }
     if fmt_name == "fp8_e4m3fn":
         models["Chunked(fp32, 128, hopper-e4m3)"] = Chunked(fp32, 128, tc)
-    matmul(a[:4], b, accum=tc)  # compile outside the timing
-    base, _ = _time(lambda: a @ b, repeat)
-    rows: list[tuple[str, float, str]] = [("numpy float64 matmul (baseline)", base, "")]
+        split = HMMA_SPLITS["hopper-mma.sync-e4m3-fp32"]
+        models[f"HmmaSplit {split.name}"] = split
+    for model in models.values():
+        matmul(a[:2], b[:, :8], accum=model)  # compile outside the timing
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    base, _ = _time(lambda: a32 @ b32, repeat)
+    f64, _ = _time(lambda: a @ b, repeat)
+    rows: list[tuple[str, float, str]] = [
+        ("numpy float32 matmul (baseline)", base, ""),
+        ("numpy float64 matmul", f64, ""),
+    ]
     ours = None
+    failed = 0
     for name, model in models.items():
-        reps = 1 if isinstance(model, Sequential | Pairwise) else repeat
-        dt, out = _time(lambda m=model: matmul(a, b, accum=m), reps)
-        rows.append((f"lowprec {name}", dt, ""))
+        dt, out = _time(lambda m=model: matmul(a, b, accum=m), repeat)
+        target = _target(name)
+        note = ""
+        if target is not None:
+            ok = macs / dt / 1e9 >= target
+            failed += not ok
+            note = f"{'PASS' if ok else 'FAIL'} (target >= {target:g} G MAC/s)"
+        rows.append((f"lowprec {name}", dt, note))
         if model is tc:
             ours = out
     sim = _mmasim(fmt_name)
@@ -126,9 +167,12 @@ def _bench(fmt_name: str, preset: str, n: int, repeat: int, rng: np.random.Gener
             )
         )
     print(f"\n{fmt_name} inputs, {n}x{n}x{n} ({macs / 1e6:.0f} M MAC)")
-    print(f"{'method':44} {'time s':>9} {'G MAC/s':>9} {'vs numpy':>9}  note")
+    once = dict((name, dt) for name, dt, _ in rows)["lowprec RoundOnce(fp32)"]
+    print(f"{'method':44} {'time s':>9} {'G MAC/s':>9} {'vs f32 np':>9} {'vs R.Once':>9}  note")
     for name, dt, note in rows:
-        print(f"{name:44} {dt:9.4f} {macs / dt / 1e9:9.3f} {base / dt:9.3f}  {note}")
+        rate = macs / dt / 1e9
+        print(f"{name:44} {dt:9.4f} {rate:9.3f} {base / dt:9.4f} {once / dt:9.4f}  {note}")
+    return failed
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ from lowprec._jit import use_parallel
 from lowprec._round_kernel import F_SIGNED as _RK_SIGNED
 from lowprec._round_kernel import RNE as _RK_RNE
 from lowprec.accum import _ro_kernel as _ro
+from lowprec.accum import _sum_kernel as _sk
 from lowprec.blockfmt import BlockTensor
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import Format, fp64, get_format, is_exact
@@ -857,6 +858,34 @@ def _sum_start(shape: tuple[int, ...], mode: Rounding) -> F64:
     return np.full(shape, 0.0 if mode is Rounding.DOWN else -0.0)
 
 
+def _step_consts(fmt: Format, mode: Rounding) -> NDArray[np.int64]:
+    """The compiled step ``round_fmt(x + y)`` of :func:`add_round`, as loop constants.
+
+    Raises:
+        LowprecError: For ``fmt`` = fp64 with a mode other than nearest-even, and for a format
+            :func:`lowprec.rounding.round_to` cannot round float64 into (its own error).
+    """
+    if is_exact(fmt):
+        if mode is not Rounding.NEAREST_EVEN:
+            raise LowprecError(f"fp64 accumulation supports mode 'rne' only, got {mode.value!r}")
+        return _sk.step_consts(52, -1022, 0x7FEFFFFFFFFFFFFF, 0, _RK_RNE, True)
+    round_to(np.zeros(1), fmt, mode)  # the error round_to gives for a format it cannot take
+    max_bits = int(np.array(fmt.max, dtype=np.float64).view(np.int64))
+    flags = format_flags(fmt, False)
+    return _sk.step_consts(fmt.man_bits, fmt.emin, max_bits, flags, mode_code(mode), False)
+
+
+def _rows_cols(a: F64, b: F64) -> tuple[F64, F64]:
+    """Broadcast operands (..., M, K), (..., K, N) as C-contiguous (B, M, K), (B, K, N)."""
+    batch = math.prod(a.shape[:-2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    return (
+        np.ascontiguousarray(a.reshape(batch, m, k)),
+        np.ascontiguousarray(b.reshape(batch, k, n)),
+    )
+
+
 def _fmt(f: Format | str) -> Format:
     return f if isinstance(f, Format) else get_format(f)
 
@@ -872,7 +901,9 @@ class Sequential(AccumModel):
     Without ``c`` the sum starts from the first product (signed zeros: the module docstring).
 
     Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
-    once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does.
+    once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does. Each step is
+    :func:`add_round` of the running sum and the product, compiled
+    (:mod:`lowprec.accum._sum_kernel`) over blocks of a row's outputs.
 
     Attributes:
         fmt: Accumulator format.
@@ -890,14 +921,17 @@ class Sequential(AccumModel):
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
         _exact_products_check(a, "Sequential")
         _exact_products_check(b, "Sequential")
-        _, _, c, shape = broadcast_operands(a, b, c)
+        a, b, c, shape = broadcast_operands(a, b, c)
         if c is None and a.shape[-1] == 0:
             return np.zeros(shape)
         acc = _sum_start(shape, mode) if c is None else np.array(c, dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for k in range(a.shape[-1]):
-                p = a[..., :, k : k + 1] * b[..., k : k + 1, :]  # (..., M, N), exact
-                acc = add_round(acc, p, fmt, mode)
+        if a.shape[-1] == 0:
+            return acc
+        consts = _step_consts(fmt, mode)
+        a3, b3 = _rows_cols(a, b)
+        acc3 = acc.reshape(a3.shape[0], *shape[-2:])  # (B, M, N), a view of acc
+        kernel = _sk.sequential_par if use_parallel(acc.size * a.shape[-1]) else _sk.sequential_ser
+        kernel(a3, b3, acc3, consts)
         return acc
 
     @property
@@ -912,7 +946,8 @@ class Pairwise(AccumModel):
     The tree is the one a binary counter builds: leaves are merged in consecutive blocks of
     2, 4, 8, ...; when K is not a power of two the leftover blocks (sizes decreasing from the
     left) are added from the smallest (rightmost) into the next larger. ``c`` is added last.
-    Memory stays at log2(K) partial sums.
+    Memory stays at log2(K) partial sums. Every rounding is :func:`add_round`'s (a leaf is
+    the product added to the additive identity), compiled in :mod:`lowprec.accum._sum_kernel`.
 
     Attributes:
         fmt: Format of products and partial sums.
@@ -930,24 +965,18 @@ class Pairwise(AccumModel):
         fmt, mode = _fmt(self.fmt), _mode(self.mode)
         _exact_products_check(a, "Pairwise")
         _exact_products_check(b, "Pairwise")
-        _, _, c, shape = broadcast_operands(a, b, c)
-        stack: list[tuple[int, F64]] = []
-        with np.errstate(invalid="ignore", over="ignore"):
-            for k in range(a.shape[-1]):
-                p = a[..., :, k : k + 1] * b[..., k : k + 1, :]  # (..., M, N), exact
-                node = (1, np.asarray(round_to(np.broadcast_to(p, shape), fmt, mode)))
-                while stack and stack[-1][0] == node[0]:
-                    size, left = stack.pop()
-                    node = (2 * size, add_round(left, node[1], fmt, mode))
-                stack.append(node)
-            if c is None and not stack:
-                return np.zeros(shape)
-            total = stack.pop()[1] if stack else _sum_start(shape, mode)
-            while stack:
-                total = add_round(stack.pop()[1], total, fmt, mode)
-            if c is not None:
-                total = add_round(total, c, fmt, mode)
-        return total
+        a, b, c, shape = broadcast_operands(a, b, c)
+        if c is None and a.shape[-1] == 0:
+            return np.zeros(shape)
+        consts = _step_consts(fmt, mode)
+        a3, b3 = _rows_cols(a, b)
+        out = np.empty(shape)
+        out3 = out.reshape(a3.shape[0], *shape[-2:])  # (B, M, N)
+        c3 = np.zeros((0, 0, 0)) if c is None else np.ascontiguousarray(c).reshape(out3.shape)
+        ident = 0.0 if mode is Rounding.DOWN else -0.0
+        kernel = _sk.pairwise_par if use_parallel(out.size * a.shape[-1]) else _sk.pairwise_ser
+        kernel(a3, b3, c3, out3, ident, c is not None, consts)
+        return out
 
     @property
     def result_fmt(self) -> Format:

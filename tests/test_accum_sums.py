@@ -1,0 +1,115 @@
+"""Sequential and Pairwise on whole matrices, every deterministic mode, against the scalar spec.
+
+The compiled loops (:mod:`lowprec.accum._sum_kernel`) take whole blocks of a row at once and
+send elements off their fast path (zeros, subnormals, overflow, inf, NaN) to the general
+rounding rule; these tests hold every output element, in every mode and in accumulator formats
+from fp32 down to fp8, to :func:`test_accum.ref_sequential` / ``ref_pairwise`` (exact rational
+arithmetic, one rounding per step), including rows wider than one block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lowprec import round_to
+from lowprec.accum import Chunked, Pairwise, Sequential, matmul
+from lowprec.accum.core import add_round
+from lowprec.formats import Format, bf16, fp16, fp32, fp64, get_format
+from lowprec.rounding import Rounding
+from lowprec.testing import same_bits
+from tests.test_accum import ref_pairwise, ref_sequential
+
+MODES = ["rne", "rna", "rtz", "up", "down", "odd"]
+
+
+def _operands(
+    rng: np.random.Generator, in_fmt: Format, acc: Format, kind: str, m: int, k: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a (M, K), b (K, N) exact in ``in_fmt`` and c (M, N) exact in ``acc``, of ``kind``."""
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((k, n))
+    c = rng.standard_normal((m, n))
+    if kind == "spread":
+        a *= np.exp2(rng.integers(-10, 10, a.shape))
+        b *= np.exp2(rng.integers(-10, 10, b.shape))
+    elif kind == "cancel":  # pairs of equal and opposite products: zeros of both signs
+        a[:, 1::2] = a[:, 0::2][:, : k // 2]
+        b[1::2] = -b[0::2][: k // 2]
+        b[rng.random(b.shape) < 0.2] = 0.0
+        a[rng.random(a.shape) < 0.2] *= -0.0
+        c = np.where(rng.random(c.shape) < 0.5, 0.0, -0.0)
+    elif kind == "tiny":  # sums in the accumulator's subnormal range
+        a *= acc.smallest_normal / 4
+        c *= acc.smallest_normal / 8
+    elif kind == "overflow":
+        top = 2.0 ** math.floor(math.log2(acc.max) / 2)
+        a = np.abs(a) * top
+        b = np.abs(b) * top
+    elif kind == "special":
+        a[rng.random(a.shape) < 0.05] = np.inf
+        b[rng.random(b.shape) < 0.05] = -np.inf
+        a[rng.random(a.shape) < 0.03] = np.nan
+        b[rng.random(b.shape) < 0.2] = 0.0
+    sat = kind != "special"
+    a = np.asarray(round_to(a, in_fmt, saturate=sat), dtype=np.float64)
+    b = np.asarray(round_to(b, in_fmt, saturate=sat), dtype=np.float64)
+    c = np.asarray(round_to(c, acc, saturate=True), dtype=np.float64)
+    return a, b, c
+
+
+def _check(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, acc: Format, mode: str) -> None:
+    seq = matmul(a, b, accum=Sequential(acc, mode), c=c)
+    pw = matmul(a, b, accum=Pairwise(acc, mode), c=c)
+    for i, j in np.ndindex(seq.shape):
+        cv = None if c is None else float(c[i, j])
+        want_seq = ref_sequential(a[i], b[:, j], cv, acc, mode)
+        want_pw = ref_pairwise(a[i], b[:, j], cv, acc, mode)
+        assert same_bits(seq[i, j], want_seq), ("sequential", i, j, seq[i, j], want_seq)
+        assert same_bits(pw[i, j], want_pw), ("pairwise", i, j, pw[i, j], want_pw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["random", "spread", "cancel", "tiny", "overflow", "special"])
+@pytest.mark.parametrize("acc", [fp32, bf16, fp16, "fp8_e4m3fn", "fp8_e5m2"])
+def test_matrices_match_reference_in_every_mode(rng, acc, kind, mode):
+    acc = get_format(acc)
+    in_fmt = bf16 if acc.emax >= bf16.emax else get_format("fp8_e4m3fn")
+    a, b, c = _operands(rng, in_fmt, acc, kind, 3, 11, 4)
+    _check(a, b, c, acc, mode)
+    _check(a, b, None, acc, mode)
+
+
+@pytest.mark.parametrize("mode", ["rne", "down"])
+def test_rows_wider_than_a_block_and_batches(rng, mode):
+    a, b, c = _operands(rng, bf16, fp16, "spread", 2, 6, 300)
+    _check(a, b, c, fp16, mode)
+    # batched a against one b: each batch element is its own product
+    a2 = np.stack([a, a[::-1]])
+    for model in (Sequential(fp16, mode), Pairwise(fp16, mode)):
+        got = matmul(a2, b, accum=model, c=c)
+        for t in range(2):
+            assert same_bits(got[t], matmul(a2[t], b, accum=model, c=c)).all()
+
+
+def test_fp64_accumulation_is_float64_arithmetic(rng):
+    a, b, c = _operands(rng, bf16, fp32, "spread", 3, 9, 5)
+    want = np.array(c)
+    for q in range(9):
+        want = want + a[:, q : q + 1] * b[q : q + 1, :]
+    assert same_bits(matmul(a, b, c=c, accum=Sequential(fp64)), want).all()
+    with pytest.raises(Exception, match="rne"):
+        matmul(a, b, accum=Sequential(fp64, Rounding.UP))
+
+
+def test_chunked_outer_sum_of_sequential_chunks(rng):
+    a, b, c = _operands(rng, bf16, fp16, "random", 3, 20, 4)
+    inner = Sequential(fp32)
+    got = matmul(a, b, c=c, accum=Chunked(fp16, 8, inner, "rtz"))
+    acc = np.array(c)
+    for k0 in range(0, 20, 8):
+        part = matmul(a[:, k0 : k0 + 8], b[k0 : k0 + 8], accum=inner)
+        acc = add_round(acc, part, fp16, Rounding.TOWARD_ZERO)
+    assert same_bits(got, acc).all()
