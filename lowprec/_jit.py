@@ -31,8 +31,8 @@ _local = threading.local()
 
 def use_parallel(size: int, minimum: int = PARALLEL_MIN) -> bool:
     """Whether a loop over ``size`` items (at least ``minimum`` for threads to pay) should run
-    its parallel twin on this thread."""
-    return size >= minimum and not on_serial_thread()
+    its parallel twin on this thread (never with one numba thread: ``NUMBA_NUM_THREADS=1``)."""
+    return size >= minimum and not on_serial_thread() and numba.get_num_threads() > 1
 
 
 def on_serial_thread() -> bool:
@@ -55,6 +55,19 @@ def _clone(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     copy = types.FunctionType(
         fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
     )
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__doc__ = fn.__doc__
+    copy.__module__ = fn.__module__
+    return copy
+
+
+def specialise(fn: Callable[..., Any], suffix: str, **constants: Any) -> Callable[..., Any]:
+    """A copy of ``fn`` named ``fn.__name__ + suffix`` whose module globals also hold
+    ``constants``: numba freezes globals at compile time, so each copy compiles to its own code
+    with the constants folded in (a carrier's integer type, a rounding mode)."""
+    names = dict(fn.__globals__)
+    names.update(constants)
+    copy = types.FunctionType(fn.__code__, names, fn.__name__ + suffix, fn.__defaults__)
     copy.__qualname__ = fn.__qualname__ + suffix
     copy.__doc__ = fn.__doc__
     copy.__module__ = fn.__module__

@@ -23,10 +23,12 @@ specification it is tested against bit for bit is :mod:`lowprec.reference`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 
-from lowprec._jit import parallel_and_serial
+from lowprec._jit import parallel_and_serial, specialise
 
 # Mode codes shared with lowprec.rounding.Rounding (the order of that Enum's members).
 RNE, RNA, RTZ, RUP, RDN, ODD, SR = 0, 1, 2, 3, 4, 5, 6
@@ -230,10 +232,10 @@ def _round_bits(
 ) -> None:
     """Round every element of ``src`` (uint view of float32/float64) into ``out`` (same view).
 
-    The mode is tested inside the element function; nearest-even, the hot path of every
-    emulated kernel, has loops of its own with the mode fixed (:func:`round_bits_rne`).
-    Compiled twice (:func:`lowprec._jit.parallel_and_serial`): ``round_bits`` runs in
-    parallel, ``round_bits_serial`` on one thread for small arrays (no thread start-up).
+    The general loop: the mode is tested inside the element function, and formats the fast
+    loops cannot take (:func:`fast_applies`) come here. Compiled twice
+    (:func:`lowprec._jit.parallel_and_serial`): ``round_bits`` runs in parallel,
+    ``round_bits_serial`` on one thread for small arrays (no thread start-up).
 
     Args:
         src: Source bit patterns (uint32 for float32, uint64 for float64).
@@ -292,9 +294,31 @@ def _rne_elem(
     return res | (a & sign_bit)
 
 
-def _round_bits_rne(
-    src: np.ndarray,
-    out: np.ndarray,
+# Public names of the nearest-even and any-mode element kernels, for the compiled loops of the
+# modules above (accumulation, attention): the same dispatchers under the names they import
+rne_setup = _rne_setup
+rne_elem = _rne_elem
+fast_any = _fast_any
+
+
+BLOCK = 1024
+"""Elements per block of the fast loops: a block's rare second pass finds it still in L1."""
+
+# What _round_fast reads as compile-time constants; each compiled copy gets its own
+# (lowprec._jit.specialise): the carrier's unsigned type, its shift mask, the rounding mode.
+_U = np.uint64
+_SHMASK = np.uint64(63)
+_MODE = RTZ
+
+
+def fast_applies(sm: int, tm: int, flags: int) -> bool:
+    """Whether the fast loops (:data:`FAST_LOOPS`) can take a target: it is signed, and
+    narrower than the carrier (else the general loop :func:`round_bits` runs)."""
+    return sm - tm > 0 and (flags & F_SIGNED) != 0
+
+
+def fast_constants(
+    carrier: np.dtype,
     sm: int,
     se: int,
     sb: int,
@@ -302,18 +326,144 @@ def _round_bits_rne(
     temin: int,
     max_bits: int,
     flags: int,
+    mode: int,
+) -> np.ndarray:
+    """The constants of the fast loops (:data:`FAST_LOOPS`), in the carrier's unsigned type.
+
+    In order: magnitude mask, sign bit, smallest target normal ``lo`` (carrier bits), ``span``
+    (so that ``mag - lo > span``, unsigned, iff ``mag`` is below ``lo`` or inf/NaN), the largest
+    finite ``max_bits``, ``shift`` (carrier minus target mantissa bits), the discarded-bits mask,
+    and the overflow results for a positive and a negative value: what :func:`round_one` gives a
+    finite value whose rounded magnitude exceeds ``max_bits`` (IEEE 754 §7.4: inf, or NaN, or
+    +-max, by mode, sign and format).
+    """
+    width = se + sm + 1
+    sign_bit = 1 << (width - 1)
+    inf_bits = ((1 << se) - 1) << sm
+    nan_bits = inf_bits | (1 << (sm - 1))
+    lo = (temin + sb) << sm
+    sat = (flags & F_SATURATE) != 0
+    over = []
+    for sign in (0, sign_bit):
+        to_inf = not sat and (
+            mode in (RNE, RNA, SR) or (mode == RUP and not sign) or (mode == RDN and sign)
+        )
+        if to_inf and flags & F_HAS_INF:
+            over.append(inf_bits | sign)
+        elif to_inf and flags & F_HAS_NAN:
+            over.append(nan_bits)
+        else:
+            over.append(max_bits | sign)
+    shift = sm - tm
+    words = [sign_bit - 1, sign_bit, lo, inf_bits - 1 - lo, max_bits, shift, (1 << shift) - 1]
+    return np.array(words + over, dtype=f"<u{width // 8}")
+
+
+def _round_fast(
+    src: np.ndarray,
+    out: np.ndarray,
+    rand: np.ndarray,
+    c: np.ndarray,
+    sm: int,
+    se: int,
+    sb: int,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    rand_bits: int,
 ) -> None:
-    """:func:`round_bits` for nearest-even, with the mode fixed and the constants hoisted."""
-    c = _rne_setup(sm, se, sb, tm, temin, flags)
-    for i in numba.prange(src.size):
-        out[i] = _rne_elem(np.int64(src[i]), c, sm, se, sb, tm, temin, max_bits, flags)
+    """:func:`round_bits` for a signed target narrower than the carrier, one mode, in blocks.
+
+    Specialised (:func:`lowprec._jit.specialise`) for the carrier's unsigned type ``_U`` (all
+    arithmetic stays in the carrier's width, so eight float32 lanes fit an AVX2 register) and
+    for the rounding mode ``_MODE`` (its branches fold away). Each block takes two passes:
+
+    1. Every element, with no branch on the data: ``res = (mag + bias) & ~low`` on the carrier
+       magnitude (the carry out of the mantissa moves into the exponent by itself) with the
+       mode's bias (RNE: half - 1 + lsb; RNA: half; RTZ: 0; UP/DOWN: ``low`` on their side; SR:
+       the random word scaled to the discarded width; ODD ors the sticky bit into the lsb
+       instead), then the overflow result (:func:`fast_constants`) where ``res > max_bits``.
+       This is :func:`round_one` for every magnitude in the target's normal range; the others
+       (zero, target subnormals, inf, NaN) keep their input bits, and the block remembers the
+       largest ``mag - lo`` it saw.
+    2. Only when a block held such an element: :func:`round_one` on each of them, read back from
+       ``src``. When ``out`` is ``src`` a finished element may read back as inf/NaN (an overflow
+       result); :func:`round_one` maps every result it gives to itself, so it stays.
+
+    Args:
+        src, out: Source and destination bit patterns (the carrier's unsigned view); ``out``
+            may be ``src``.
+        rand: SR: one random word per element (``rand_bits`` low bits used); else unused.
+        c: :func:`fast_constants` for this format, mode and carrier.
+        sm, se, sb, tm, temin, max_bits, flags, rand_bits: as for :func:`round_one`.
+    """
+    absm, signm, lo, span, maxb = c[0], c[1], c[2], c[3], c[4]
+    sh = _U(c[5] & _SHMASK)
+    low = c[6]
+    keep = _U(~low)
+    half = _U(low >> _U(1))
+    one = _U(1)
+    ovp, ovn = c[7], c[8]
+    rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    if rand_bits < 64:
+        rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
+    # SR: r + F >= 2**k  <=>  (r scaled to the discarded width) + rem >= 2**shift
+    k = np.int64(rand_bits)
+    shift = np.int64(sm - tm)
+    rdown = np.uint64(k - shift if k >= shift else 0)
+    rup = np.uint64(shift - k if k < shift else 0)
+    n = src.size
+    for b in numba.prange((n + BLOCK - 1) // BLOCK):
+        start = b * BLOCK
+        stop = min(start + BLOCK, n)
+        worst = _U(0)
+        for i in range(start, stop):
+            a = _U(src[i])
+            mag = _U(a & absm)
+            sign = _U(a & signm)
+            if _MODE == RNE:
+                res = _U(_U(mag + _U(half + _U(_U(mag >> sh) & one))) & keep)
+            elif _MODE == RNA:
+                res = _U(_U(mag + _U(half + one)) & keep)
+            elif _MODE == RUP:
+                res = _U(_U(mag + (low if sign == 0 else _U(0))) & keep)
+            elif _MODE == RDN:
+                res = _U(_U(mag + (_U(0) if sign == 0 else low)) & keep)
+            elif _MODE == ODD:
+                sticky = one if _U(mag & low) != 0 else _U(0)
+                res = _U(_U(mag & keep) | _U(sticky << sh))
+            elif _MODE == SR:
+                rr = _U(((np.uint64(rand[i]) & rmask) >> rdown) << rup)
+                res = _U(_U(mag + rr) & keep)
+            else:
+                res = _U(mag & keep)
+            over = ovp if sign == 0 else ovn
+            fin = over if res > maxb else _U(res | sign)
+            d = _U(mag - lo)
+            worst = max(worst, d)
+            out[i] = a if d > span else fin
+        if worst > span:
+            for i in range(start, stop):
+                a = _U(src[i])
+                if _U(_U(a & absm) - lo) > span:
+                    r = np.uint64(rand[i]) & rmask if _MODE == SR else np.uint64(0)
+                    out[i] = round_one(
+                        np.int64(a), r, sm, se, sb, tm, temin, max_bits, flags, _MODE, rand_bits
+                    )
 
 
-round_bits_rne, round_bits_rne_serial = parallel_and_serial(_round_bits_rne)
+def _fast_twins(carrier: type, mode: int) -> tuple[Any, Any]:
+    width = np.dtype(carrier).itemsize * 8
+    fn = specialise(
+        _round_fast, f"_u{width}_m{mode}", _U=carrier, _SHMASK=carrier(width - 1), _MODE=mode
+    )
+    return parallel_and_serial(fn)
 
 
-# Public names of the nearest-even and any-mode element kernels, for the compiled loops of the
-# modules above (accumulation, attention): the same dispatchers under the names they import
-rne_setup = _rne_setup
-rne_elem = _rne_elem
-fast_any = _fast_any
+FAST_LOOPS = {
+    (np.dtype(carrier), mode): _fast_twins(carrier, mode)
+    for carrier in (np.uint32, np.uint64)
+    for mode in (RNE, RNA, RTZ, RUP, RDN, ODD, SR)
+}
+"""(carrier's unsigned dtype, mode) -> (parallel, serial) twins of :func:`_round_fast`."""

@@ -216,6 +216,14 @@ def _random_words(rng: np.random.Generator, n: int, bits: int) -> NDArray[Any]:
     return np.asarray(raw, dtype=np.uint64).view(f"<u{width // 8}")[:n]
 
 
+_SR_CHUNK = 1 << 18
+"""Elements per draw of SR's random words: the words of a chunk stay in cache, and the stream
+is the one a single draw for the whole array gives (a chunk is a whole number of raw words)."""
+
+_WIDE_CHUNK = 1 << 16
+"""Elements rounded at a time in float64 on their way into a float32 ``out``."""
+
+
 def round_to(
     x: ArrayLike,
     fmt: Format | str,
@@ -224,6 +232,7 @@ def round_to(
     saturate: bool = False,
     rng: np.random.Generator | None = None,
     rand_bits: int | None = None,
+    out: NDArray[np.floating[Any]] | None = None,
 ) -> Any:
     """The correctly rounded value of every element of ``x`` in ``fmt``, in x's carrier.
 
@@ -236,14 +245,21 @@ def round_to(
         rand_bits: SR only: how many random bits are compared with the discarded fraction
             (P(up) = floor(frac * 2**rand_bits) / 2**rand_bits). Default: enough to be exact
             for every input of the carrier (see :func:`default_rand_bits`), at most 64.
+        out: Where to write the result, so that nothing is allocated: a writeable C-contiguous
+            array of x's shape, of x's carrier dtype, or float32 for float64 input when every
+            value of ``fmt`` is a float32 (then each element is rounded once from float64, and
+            the exact result stored in float32). It may be ``x`` itself (in place); an ``out``
+            that overlaps ``x`` otherwise gets a copy of ``x`` read first.
 
     Returns:
         An array of x's shape and carrier dtype (float32 for float32 or narrower input, else
-        float64) holding values exactly representable in ``fmt``; a scalar for scalar input.
+        float64) holding values exactly representable in ``fmt``; a scalar for scalar input;
+        ``out`` itself where given.
 
     Raises:
         LowprecError: Unknown format or mode, non-numeric input, SR without ``rng``, a
-            ``rand_bits`` outside 1..64, or a target whose range float32 cannot hold.
+            ``rand_bits`` outside 1..64, a target whose range float32 cannot hold, or an
+            ``out`` of another shape or dtype, read-only or not contiguous.
     """
     fmt = get_format(fmt)
     mode = Rounding.parse(mode)
@@ -255,50 +271,112 @@ def round_to(
         )
     if rand_bits is not None and not 1 <= int(rand_bits) <= 64:
         raise LowprecError(f"rand_bits={rand_bits!r}; expected an integer in 1..64")
-    view, cm, ce, cb, qmin = _CARRIERS[arr.dtype]
+    if out is not None:
+        _check_out(out, arr, fmt)
+        dst = out.reshape(-1)
+    else:
+        dst = np.empty(arr.size, dtype=arr.dtype)
+    src = np.ascontiguousarray(arr).reshape(-1)
+    if np.may_share_memory(src, dst) and src.ctypes.data != dst.ctypes.data:
+        src = src.copy()
+    if dst.dtype == src.dtype:
+        _round_flat(src, dst, fmt, mode, saturate, rng, rand_bits)
+    else:
+        wide = np.empty(min(_WIDE_CHUNK, src.size), dtype=src.dtype)
+        for lo in range(0, src.size, _WIDE_CHUNK):
+            hi = min(lo + _WIDE_CHUNK, src.size)
+            _round_flat(src[lo:hi], wide[: hi - lo], fmt, mode, saturate, rng, rand_bits)
+            dst[lo:hi] = wide[: hi - lo]
+    if out is not None:
+        return out
+    res = dst.reshape(arr.shape)
+    return res if res.ndim else res[()]
+
+
+def _check_out(out: Any, arr: NDArray[Any], fmt: Format) -> None:
+    """Raise a LowprecError unless ``out`` can take the rounding of ``arr`` into ``fmt``."""
+    if not isinstance(out, np.ndarray):
+        raise LowprecError(f"out: expected a numpy array, got {type(out).__name__}")
+    if out.shape != arr.shape:
+        raise LowprecError(f"out: shape {out.shape} != the input's shape {arr.shape}")
+    narrow = out.dtype == np.float32 and arr.dtype == np.float64
+    if out.dtype != arr.dtype and not narrow:
+        raise LowprecError(
+            f"out: dtype {out.dtype} cannot carry the rounding of {arr.dtype} input; expected "
+            f"{arr.dtype}" + (" (or float32)" if arr.dtype == np.float64 else "")
+        )
+    if narrow and not (fmt.man_bits <= 23 and fmt.emax <= 127 and fmt.emin - fmt.man_bits >= -149):
+        raise LowprecError(
+            f"out: float32 cannot hold every value of {fmt.name}; pass a float64 out"
+        )
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise LowprecError("out: expected a writeable C-contiguous array")
+
+
+def _round_flat(
+    src: NDArray[Any],
+    dst: NDArray[Any],
+    fmt: Format,
+    mode: Rounding,
+    saturate: bool,
+    rng: np.random.Generator | None,
+    rand_bits: int | None,
+) -> None:
+    """Round the 1-D carrier array ``src`` into ``dst`` (same dtype and size; may be ``src``)."""
+    view, cm, ce, cb, qmin = _CARRIERS[src.dtype]
     carrier_emax = (1 << (ce - 1)) - 1
     if fmt.man_bits >= cm and fmt.emin - fmt.man_bits <= qmin and fmt.emax >= carrier_emax:
         if fmt.signed and fmt.nan is NanEncoding.IEEE:
             # every carrier value is representable: nothing rounds; only saturation can act
-            same = arr.copy()
+            np.copyto(dst, src)
             if saturate:
-                lim = np.finfo(arr.dtype).max
-                same = np.where(np.isinf(same), np.copysign(lim, same), same).astype(arr.dtype)
-            return same if same.ndim else same[()]
+                lim = np.finfo(src.dtype).max
+                np.copyto(dst, np.copysign(lim, dst), where=np.isinf(dst))
+            return
     if fmt.emin - fmt.man_bits < qmin or fmt.emax > carrier_emax:
         raise LowprecError(
-            f"format {fmt.name} reaches beyond the range of the {arr.dtype} carrier; "
+            f"format {fmt.name} reaches beyond the range of the {src.dtype} carrier; "
             "pass float64 input"
         )
     if fmt.emin < 2 - (1 << (ce - 1)):
         # The kernel needs every carrier subnormal inside the target's subnormal range; e8m0's
         # normal range starts below float32's. Round in float64: the result fits float32 exactly.
         if mode is Rounding.STOCHASTIC and rand_bits is None:
-            rand_bits = default_rand_bits(arr.dtype, fmt)
+            rand_bits = default_rand_bits(src.dtype, fmt)
         with np.errstate(invalid="ignore"):  # signalling-NaN patterns widen quietly
-            wide64 = arr.astype(np.float64)
-        wide = round_to(wide64, fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits)
-        return np.asarray(wide).astype(arr.dtype) if arr.ndim else arr.dtype.type(wide)
-    src = np.ascontiguousarray(arr).reshape(-1)
-    max_bits = int(np.array(fmt.max, dtype=arr.dtype).view(view))
-    out = np.empty_like(src)
-    if mode is Rounding.STOCHASTIC:
-        assert rng is not None
-        bits = int(rand_bits) if rand_bits is not None else default_rand_bits(arr.dtype, fmt)
-        rand = _random_words(rng, src.size, bits)
+            wide64 = src.astype(np.float64)
+        _round_flat(wide64, wide64, fmt, mode, saturate, rng, rand_bits)
+        dst[...] = wide64
+        return
+    max_bits = int(np.array(fmt.max, dtype=src.dtype).view(view))
+    flags = _flags(fmt, saturate)
+    code = int(_MODE_CODE[mode])
+    args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, flags)
+    s, d = src.view(view), dst.view(view)
+    if _k.fast_applies(cm, fmt.man_bits, flags):
+        consts = _k.fast_constants(
+            s.dtype, cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, flags, code
+        )
+        twins = _k.FAST_LOOPS[(s.dtype, code)]
+
+        def run(lo: int, hi: int, rand: NDArray[Any], bits: int) -> None:
+            loop = twins[0] if use_parallel(hi - lo) else twins[1]
+            loop(s[lo:hi], d[lo:hi], rand, consts, *args, bits)
+
     else:
-        bits = 64
-        rand = np.empty(0, dtype=np.uint64)
-    parallel = use_parallel(src.size)
-    args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, _flags(fmt, saturate))
-    if mode is Rounding.NEAREST_EVEN:
-        rne = _k.round_bits_rne if parallel else _k.round_bits_rne_serial
-        rne(src.view(view), out.view(view), *args)
-    else:
-        anymode = _k.round_bits if parallel else _k.round_bits_serial
-        anymode(src.view(view), out.view(view), rand, *args, _MODE_CODE[mode], bits)
-    res = out.reshape(arr.shape)
-    return res if res.ndim else res[()]
+
+        def run(lo: int, hi: int, rand: NDArray[Any], bits: int) -> None:
+            loop = _k.round_bits if use_parallel(hi - lo) else _k.round_bits_serial
+            loop(s[lo:hi], d[lo:hi], rand, *args, code, bits)
+
+    if mode is not Rounding.STOCHASTIC:
+        run(0, s.size, np.empty(0, dtype=np.uint64), 64)
+        return
+    assert rng is not None
+    bits = int(rand_bits) if rand_bits is not None else default_rand_bits(src.dtype, fmt)
+    for lo in range(0, s.size, _SR_CHUNK):
+        hi = min(lo + _SR_CHUNK, s.size)
+        run(lo, hi, _random_words(rng, hi - lo, bits), bits)
 
 
 def _codes_check(bits: ArrayLike, fmt: Format) -> NDArray[np.int64]:
