@@ -200,7 +200,7 @@ def test_sr_stream_is_one_draw_across_chunks(name: str, rng: np.random.Generator
     and the generator ends where that single draw leaves it."""
     fmt = get_format(name)
     n = (1 << 18) * 2 + 13  # three chunks, the last not a whole number of raw words
-    x = (rng.standard_normal(n) * fmt.max / 4).astype(np.float32)
+    x = (rng.standard_normal(n) * fmt.max / 16).astype(np.float32)
     seed = int(rng.integers(1 << 31))
     got = round_to(x, fmt, "sr", rng=(g := np.random.default_rng(seed)))
     bits = default_rand_bits(np.float32, fmt)
