@@ -50,6 +50,16 @@ FANNED: dict[str, dict[str, Any]] = {
     },
     "rope_precision": {"head_dim": 16, "pairs": 8, "positions": [64, 4096], "seeds": 3},
     "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
+    "ex2_approx": {
+        "points": 2000,
+        "queries": 16,
+        "keys": 64,
+        "head_dim": 16,
+        "heads": 1,
+        "block_k": 32,
+        "logit_scales": [1.0],
+        "seeds": 3,
+    },
     "fp8_attention": {"seq_len": 128, "head_dim": 16, "block": 64, "seeds": 3},
     "training_stability": {
         "steps": 3,
