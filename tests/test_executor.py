@@ -50,6 +50,18 @@ FANNED: dict[str, dict[str, Any]] = {
     },
     "rope_precision": {"head_dim": 16, "pairs": 8, "positions": [64, 4096], "seeds": 3},
     "flash_stability": {"head_dim": 16, "block_k": 16, "seq_lens": [32, 64], "seeds": 3},
+    "rl_mismatch": {
+        "steps": 2,
+        "batch": 2,
+        "seq_len": 16,
+        "n_layer": 1,
+        "n_head": 2,
+        "d_model": 16,
+        "score_batch": 2,
+        "rollout_block_k": 4,
+        "split_k": 8,
+        "seeds": 3,
+    },
     "ex2_approx": {
         "points": 2000,
         "queries": 16,
