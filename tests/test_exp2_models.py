@@ -52,6 +52,29 @@ def _hard_cases(n: int) -> np.ndarray:
     return x[np.argsort(dist)[:n]]
 
 
+def _near_one_midpoints(k: int) -> np.ndarray:
+    """fp32 inputs next to log2 of the fp32 midpoints just below and above 1: there x has ulps of
+    2^-48 or less while 2^x - 1 ~ x ln 2, so float64's exp2 lands within a few float64 ulps of
+    the midpoint (the inputs the decimal fallback of exp2_cr must settle)."""
+    out = []
+    for j in range(k):
+        for m in (1 - (2 * j + 1) * 2.0**-25, 1 + (2 * j + 1) * 2.0**-24):
+            x = np.float32(math.log2(m))
+            out += [x, np.nextafter(x, np.float32(-1)), np.nextafter(x, np.float32(1))]
+    return np.unique(np.array(out, dtype=np.float64))
+
+
+def test_exp2_cr_settles_the_inputs_float64_cannot() -> None:
+    x = _near_one_midpoints(4000)
+    y = np.exp2(x)
+    r = y.astype(np.float32)
+    nb = np.where(r < y, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(0)))
+    dist = np.abs(y - (r.astype(np.float64) + nb.astype(np.float64)) / 2) / np.spacing(y)
+    assert np.sum(dist <= 8) >= 3  # the fallback runs on these
+    got = exp2_cr(x)
+    assert np.array_equal(got, [_oracle(float(v)) for v in x])
+
+
 def test_exp2_cr_is_mpfr_rounded_once_incl_hard_cases_and_subnormals() -> None:
     rng = np.random.default_rng(3)
     x = np.concatenate(
