@@ -21,9 +21,10 @@ per seed), then the same weights score windows of held-out text under two emulat
 Both round every stored activation (matmul and norm outputs) into the format. The log-probs
 are taken from the format's logits by a float64 log-softmax (the sampler's own precision is not
 what differs). Per token: Delta = log p_rollout - log p_train; importance ratio
-r = p_train / p_rollout = exp(-Delta). Everything is lowprec's arithmetic except the natively
-run elementwise ops (GELU, residual adds in fp32 torch), so numbers depend on the CPU only
-through torch's fp32 training of the weights.
+r = p_train / p_rollout = exp(-Delta). The products and the attention are lowprec's
+arithmetic; the weights (trained in fp32 torch) and the natively run ops (GELU, layer norm
+before its rounding, residual adds, embeddings) are torch's CPU kernels, whose last bits may
+differ between CPUs: the checked numbers are ratios over seeds, not bits.
 """
 
 from __future__ import annotations
