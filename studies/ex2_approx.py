@@ -333,10 +333,10 @@ def index_paragraph(result: Result) -> str | None:
         "FA4's degree-3 exp2 polynomial and (a model of) the hardware ex2.approx differ in "
         f"<b>{m['poly_vs_hw_bf16_share']:.2%}</b> of bf16 results (flash-attention#2263: 1.01 %;"
         " <a href='ex2_approx/report.html'>ex2_approx</a>); inside bf16 attention it changes "
-        f"{m['p_share_poly_min']:.2%}-{m['p_share_poly_max']:.2%} of P-bar and up to "
+        f"up to {m['p_share_poly_max']:.2%} of P-bar and up to "
         f"{m['o_share_poly_max']:.0%} of the bf16 outputs, with a relative bias of "
         f"{fmt_value(m['poly_rel_bias'])} that leaves O's error against fp64 unchanged (RMSE "
-        f"ratio ≤ {m['o_rmse_ratio_poly_max']:.4f})."
+        f"ratio ≤ {m['o_rmse_ratio_poly_max']:.3f})."
     )
 
 
