@@ -1,4 +1,4 @@
-"""Vector maths of real CPU kernels, bit for bit: fp32 FMA and ATen's ``exp_u20``.
+"""Vector maths of real kernels, bit for bit: fp32 FMA, ATen's ``exp_u20``, GPU exp2 models.
 
 Values are float64 arrays holding fp32 values (lowprec's carrier); every function returns fp32
 values in float64.
@@ -26,9 +26,33 @@ operation:
    constants c1..c5 = 0.999999701, 0.499991506, 0.166676521, 0.0418978221, 0.00828929059.
 5. ``p * 2^(n-1) * 2``: two fp32 products, the power built by shifting ``n - 1 + 127`` into the
    exponent field (so ``n - 1 = -127`` gives +0).
+
+Three fp32 ``exp2`` of the GPU softmax (the argument is FlashAttention's ``S.c - m.c``):
+
+* :func:`exp2_cr`: the correctly rounded 2^x (nearest-even), the reference of the other two.
+* :func:`fa4_exp2_poly3`: FlashAttention-4's software exp2 (``ex2_emulation`` in
+  ``flash_attn/cute/utils.py`` of Dao-AILab/flash-attention, commit 0251105), which takes some
+  of the exponentials off the MUFU unit on Blackwell. Its fp32 steps: clamp ``x`` at -127; the
+  integer ``n = floor(x)`` from an addition of 1.5 . 2^23 rounded down; ``f = x - n`` in [0, 1)
+  (rounded to nearest); ``p = 1 + f(c1 + f(c2 + f c3))`` by three fp32 FMAs with the degree-3
+  coefficients :data:`FA4_EXP2_POLY3`; the result's bits are ``bits(p) + n . 2^23`` (n added to
+  the exponent field by an integer addition, so ``n = -127`` gives the subnormal pattern of
+  ``p``'s fraction). Subnormal inputs are taken as they are (no flush to zero).
+* :func:`ex2_approx_model`: a *model* of the hardware ``ex2.approx.f32`` (MUFU.EX2), whose exact
+  function NVIDIA does not publish. The PTX ISA documents it as an approximation with a bounded
+  error; the published measurement (flash-attention#2263, GB200, ten inputs printed with both
+  the hardware and FA4 polynomial bits) gives, at every one of the ten inputs, either the
+  correctly rounded value (5 of 10) or the fp32 value one ulp below it (5 of 10); FA4's
+  polynomial reproduces the ten printed polynomial results bit for bit. The model is
+  therefore: the correctly rounded value, lowered by one ulp for half of the inputs, chosen by
+  a fixed hash of the input's bits (deterministic, as the hardware is). Exact cases (integer
+  x) and results below the smallest normal are left correctly rounded. What it stands for is
+  the size and sign of the hardware's error (at most one ulp, downward), not its pattern.
 """
 
 from __future__ import annotations
+
+import decimal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -44,11 +68,24 @@ LOG2E = _f32(0x3FB8AA3B)
 LN2 = _f32(0x3F317218)
 LN_FLT_MIN = _f32(0xC2AEAC50)
 LN_FLT_MAX = _f32(0x42B17218)
+_F32_MIN_NORMAL = 2.0**-126
 EXP_U20_COEFFS = tuple(
     float(np.float32(c))
     for c in (0.999999701, 0.499991506, 0.166676521, 0.0418978221, 0.00828929059)
 )
 """c1..c5 of ``exp_u20``'s polynomial, as the fp32 values the C++ literals denote."""
+
+
+FA4_EXP2_POLY3 = (
+    1.0,
+    0.695146143436431884765625,
+    0.227564394474029541015625,
+    0.077119089663028717041015625,
+)
+"""c0..c3 of FlashAttention-4's degree-3 exp2 polynomial on [0, 1) (``POLY_EX2[3]`` in
+``flash_attn/cute/utils.py``, Dao-AILab/flash-attention commit 0251105): fp32 values."""
+
+_ROUND_INT = 1.5 * 2.0**23  # FA4's 1.5 . 2^23: adding it rounds to an integer (ulp 1)
 
 
 def round32(x: ArrayLike) -> F64:
@@ -107,6 +144,110 @@ def torch_exp_u20(x: ArrayLike, out: F64 | None = None) -> F64:
     field = (n - 1).astype(np.int64) + 127
     two_pow = np.where(under | (field <= 0), 0.0, np.ldexp(1.0, field - 127))
     res = round32(round32(p * two_pow) * 2.0)
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def _exp2_decimal(x: float, mid: float) -> bool:
+    """Whether 2^x > mid, decided with 60 significant digits (the midpoints of the fp32 values
+    that float64 cannot separate are exact in float64 and 2^x is irrational for a non-integer x,
+    so 60 digits settle every fp32 input)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        return bool(decimal.Decimal(2) ** decimal.Decimal(x) > decimal.Decimal(mid))
+
+
+def exp2_cr(x: ArrayLike, out: F64 | None = None) -> F64:
+    """2^x correctly rounded to fp32 (nearest-even) for fp32 ``x``.
+
+    float64's ``exp2`` (numpy's, within one float64 ulp) rounded to fp32 is the correctly rounded
+    value unless it lies within 8 float64 ulps of an fp32 midpoint; those few inputs are
+    decided against the midpoint with decimal arithmetic (60 digits). Overflow gives inf,
+    underflow the correctly rounded subnormal or zero.
+
+    Args:
+        x: fp32 values.
+        out: Optional float64 array to write the result into (as numpy ufuncs take it).
+
+    Returns:
+        float64 array of fp32 values: ``out`` when given.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        y = np.exp2(xs)
+        r = y.astype(np.float32)
+        up = r.astype(np.float64) < y  # y lies between r and its upper neighbour
+        other = np.where(up, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(0)))
+        mid = (r.astype(np.float64) + other.astype(np.float64)) * 0.5
+        near = np.abs(y - mid) <= 8 * np.spacing(y)
+    res = r.astype(np.float64)
+    near &= np.isfinite(y) & (y > 0) & (xs != np.round(xs))
+    for i in np.flatnonzero(near.ravel()):
+        lo, hi = sorted((float(res.flat[i]), float(other.flat[i])))
+        res.flat[i] = hi if _exp2_decimal(float(xs.flat[i]), float(mid.flat[i])) else lo
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def fa4_exp2_poly3(x: ArrayLike, out: F64 | None = None) -> F64:
+    """FlashAttention-4's degree-3 polynomial exp2 of fp32 ``x <= 127`` (see the module docstring).
+
+    Args:
+        x: fp32 values (finite; above 127 the exponent field overflows as in the kernel).
+        out: Optional float64 array to write the result into.
+
+    Returns:
+        float64 array of fp32 values: ``out`` when given.
+    """
+    xc = np.maximum(np.asarray(x, dtype=np.float64), -127.0)
+    # rounding xc + 1.5 * 2^23 down to fp32 (ulp 1 there) leaves 1.5 * 2^23 + floor(xc)
+    n = np.floor(xc)
+    # xc - n is exact in float64 (or within 2^-29 of 1, which fp32 rounds to 1 either way)
+    f = round32(xc - n)
+    c0, c1, c2, c3 = FA4_EXP2_POLY3
+    p = fma32(fma32(fma32(c3, f, c2), f, c1), f, c0)
+    bits = p.astype(np.float32).view(np.uint32).astype(np.int64)
+    bits = (bits + (n.astype(np.int64) << 23)) & 0xFFFFFFFF
+    res = bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def _hash_bit(x: F64) -> NDArray[np.bool_]:
+    """One pseudo-random bit per fp32 input: the top bit of a 32-bit integer hash (the
+    "lowbias32" mixer: xor-shift and multiply, twice) of the input's bit pattern."""
+    h = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    return (h >> np.uint64(31)).astype(np.bool_)
+
+
+def ex2_approx_model(x: ArrayLike, out: F64 | None = None) -> F64:
+    """The model of the hardware ``ex2.approx.f32`` (see the module docstring): :func:`exp2_cr`,
+    one fp32 ulp lower where the input's hash bit is set, exact and subnormal results untouched.
+
+    Args:
+        x: fp32 values.
+        out: Optional float64 array to write the result into.
+
+    Returns:
+        float64 array of fp32 values: ``out`` when given.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    cr = exp2_cr(xs)
+    with np.errstate(invalid="ignore"):
+        lower = _hash_bit(xs) & (xs != np.round(xs)) & (cr > _F32_MIN_NORMAL) & np.isfinite(cr)
+    down = np.nextafter(cr.astype(np.float32), np.float32(0)).astype(np.float64)
+    res = np.where(lower, down, cr)
     if out is None:
         return res
     out[...] = res

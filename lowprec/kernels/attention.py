@@ -54,7 +54,7 @@ from lowprec.formats import Format, is_exact
 from lowprec.kernels.policy import AttentionPolicy
 from lowprec.rounding import Rounding, as_carrier, format_flags, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
-from lowprec.vecmath import torch_exp_u20
+from lowprec.vecmath import ex2_approx_model, exp2_cr, fa4_exp2_poly3, torch_exp_u20
 
 F64 = NDArray[np.float64]
 
@@ -460,7 +460,7 @@ def _exp_cast(
     ef, st = _fmt(policy, "exp"), _fmt(policy, "state")
     with np.errstate(invalid="ignore", over="ignore"):
         if policy.scale_apply == "exp2":
-            fused = _fused_exp(s, k.exp2_c, _r(m * k.exp2_c, st), np.exp2, ef, cast)
+            fused = _fused_exp(s, k.exp2_c, _r(m * k.exp2_c, st), _exp2_fn(policy), ef, cast)
         else:
             fused = _fused_exp(s, 1.0, m, _exp_fn(policy), ef, cast)  # s * 1.0 is s exactly
     if fused is not None:
@@ -474,6 +474,19 @@ def _exp_fn(policy: AttentionPolicy) -> Any:
     return torch_exp_u20 if policy.exp_impl == "torch_exp_u20" else np.exp
 
 
+_EXP2_FNS: dict[str, Any] = {
+    "exp2_cr": exp2_cr,
+    "fa4_poly3": fa4_exp2_poly3,
+    "ex2_approx": ex2_approx_model,
+}
+
+
+def _exp2_fn(policy: AttentionPolicy) -> Any:
+    """The forward's exp2 (scale_apply="exp2"): numpy's float64 exp2 (then rounded into
+    exp_fmt) or one of the fp32 exp2 of :mod:`lowprec.vecmath`."""
+    return _EXP2_FNS.get(policy.exp_impl, np.exp2)
+
+
 def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = False) -> F64:
     """exp of the scaled S - m, rounded as the policy says; ``m`` is (..., R, 1) and finite.
 
@@ -484,7 +497,7 @@ def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = Fal
         if policy.scale_apply == "exp2":
             mm = _r(m * (k.log2e if lse else k.exp2_c), st)
             x = _r(s * k.exp2_c - mm, ef)
-            return _r(np.exp2(x), ef)
+            return _r((np.exp2 if lse else _exp2_fn(policy))(x), ef)
         x = _r(s - m, ef)
         return _r((np.exp if lse else _exp_fn(policy))(x), ef)
 

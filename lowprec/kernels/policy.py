@@ -64,8 +64,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_scaling": ("none", "tensor", "block", "mx"),
     "delta_source": ("output", "recompute", "dp_p"),
     "final_op": ("divide", "reciprocal"),
-    "exp_impl": ("exact", "torch_exp_u20"),
+    "exp_impl": ("exact", "torch_exp_u20", "exp2_cr", "fa4_poly3", "ex2_approx"),
 }
+_EXP2_IMPLS = ("exp2_cr", "fa4_poly3", "ex2_approx")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ class AttentionPolicy:
         exp_impl: The forward's exp of S - m: ``"exact"`` (the exact exp rounded into
             ``exp_fmt``) or ``"torch_exp_u20"`` (ATen's fp32 vector polynomial, bit for bit:
             :func:`lowprec.vecmath.torch_exp_u20`; needs an fp32 ``exp_fmt`` and the scale on
-            the scores). The backward's recomputed P stays ``"exact"``.
+            the scores); or, with ``scale_apply="exp2"`` and an fp32 ``exp_fmt``, an fp32 exp2:
+            ``"exp2_cr"`` (correctly rounded), ``"fa4_poly3"`` (FlashAttention-4's degree-3
+            polynomial) or ``"ex2_approx"`` (the model of the hardware ``ex2.approx.f32``), see
+            :mod:`lowprec.vecmath`. The backward's recomputed P and the blocked kernel's
+            rescale factor stay ``"exact"``.
         row_sum_accum: Accumulation model of the row sum of P-bar (a block of it when blocked).
         state_fmt: Format of the softmax state: the scale constants, the running row sum l,
             the rescale factor exp(m_old - m_new) and the final 1/l or division.
@@ -228,6 +233,7 @@ class AttentionPolicy:
         - a non-nearest ``pv_rounding`` into an exact ``pv_fmt``: exact values are not rounded.
         - ``exp_impl="torch_exp_u20"`` with an ``exp_fmt`` other than fp32 or with
           ``scale_apply="exp2"``: the polynomial is an fp32 natural-log exp.
+        - an fp32 exp2 ``exp_impl`` without ``scale_apply="exp2"`` and an fp32 ``exp_fmt``.
         """
         conflicts = []
         if self.dynamic_max_beta is not None and self.normalize == "probs":
@@ -261,6 +267,12 @@ class AttentionPolicy:
                 f"exp_impl='torch_exp_u20' with exp_fmt={self.fmt('exp').name} and "
                 f"scale_apply={self.scale_apply!r}: ATen's exp_u20 takes and gives fp32 and is "
                 "a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or 'qk_sqrt')"
+            )
+        if self.exp_impl in _EXP2_IMPLS and (self.exp_fmt != fp32 or self.scale_apply != "exp2"):
+            conflicts.append(
+                f"exp_impl={self.exp_impl!r} with exp_fmt={self.fmt('exp').name} and "
+                f"scale_apply={self.scale_apply!r}: it is an fp32 exp2 of the FlashAttention "
+                "exponent (use exp_fmt=fp32 and scale_apply='exp2')"
             )
         if conflicts:
             raise ConfigError(f"AttentionPolicy {self.name!r}: " + "; ".join(conflicts))
