@@ -33,6 +33,19 @@ The maths, for one block ``x_1..x_n`` with ``a = max |x_i|``, element format E (
   which makes the later rounding into the narrow format correct), so results here may differ
   from a kernel that multiplies by an fp32 reciprocal where the two disagree.
 
+* Four Over Six (``nvfp4_4over6``; Cook et al., arXiv 2512.02010): NVFP4 where each block
+  is quantised twice, with ``S6 = e4m3_rne_satfinite(a / (6 * t))`` and
+  ``S4 = e4m3_rne_satfinite(a / (4 * t))``, and keeps the candidate whose dequantised elements
+  have the smaller sum of squared errors ``sum (x_i - e_i * S * t)**2`` (exact rationals), 6 on
+  a tie; the tensor scale is ``t = fp32(A / (6 * 256))`` so that S4 (about 1.5 * S6) stays
+  below 448. The error measure, the tie rule and the 256 follow the authors' reference
+  quantiser (github.com/mit-han-lab/fouroversix, ``select_fouroversix``: squared error is its
+  default rule, 4 is taken only when strictly better). Where it is silent or inexact, lowprec
+  assumes: S4 is ``a / (4 t)`` rounded once (the reference rounds fp32(1.5 * fp32(a / (6 t))));
+  errors are compared exactly (the reference sums fp32 squares); stochastic rounding uses the
+  same random words for both candidates (the reference draws fresh ones for each). In
+  :class:`BlockFormat` terms: ``targets=(6, 4)``, ``scale_top=256``.
+
 Blocks: the axis is split into ``ceil(n / block)`` blocks; the last one may be ragged (padded with
 zeros, which never change a block's max). A block whose max is 0 gets ``s = -127`` (e8m0) or
 ``S = 0`` (e4m3) and zero elements. A block holding NaN or +-inf gets a NaN scale (the NaN code
@@ -45,7 +58,9 @@ element rounds away from zero iff ``word + floor(frac * 2**sr_bits) >= 2**sr_bit
 being the discarded fraction of the gap (the rule of :func:`lowprec.reference.round_fraction`).
 
 :func:`quantize_block_spec` is the scalar specification in exact rationals; :func:`quantize` is
-the vectorised twin, tested against it bit for bit.
+the vectorised twin, tested against it bit for bit: one compiled pass per block (block amax
+from the bits of |x|, the scale, the elements), rows in parallel. Any number of axes: the block
+axis is moved last and the other axes are flattened into rows.
 """
 
 from __future__ import annotations
