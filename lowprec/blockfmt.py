@@ -699,6 +699,7 @@ def _quantize_pow2_loop(
     cut: float,
     elem_emax: int,
     fast: bool,
+    fast32: bool,
     man_bits: int,
     emin: int,
     maxv: float,
@@ -721,11 +722,18 @@ def _quantize_pow2_loop(
     rounds to nearest-even at c's ulp g; |y| < 2**51 g), c being ``max(2**e_y * 1.5 * 2**(52 -
     man_bits), 1.5 * 2**(52 + emin - man_bits))`` with ``2**e_y`` the exponent field of y (0 for
     a float64 subnormal y). Then clamp to +-maxv and give the zero y's sign: branch-free, so the
-    loop vectorises. Any other mode: :func:`_round_pow2` on the bits of x.
+    loop vectorises. ``fast32`` (float32 x, man_bits <= 20) does the same in float32, twice the
+    lanes: ``x * 2**-s`` is exact in float32 unless it falls below 2**-126, and such a y, exact
+    or not, is below a quarter of the element's smallest subnormal (>= 2**-119 on the fast
+    path), so it rounds to a zero of its sign either way; 1.5 * 2**23 * g is a float32 whose
+    ulp is g, and |y| < 2**22 g. Any other mode: :func:`_round_pow2` on the bits of x.
     """
     nb = -(-n // block)
     c0 = 1.5 * _exp2(52 + emin - man_bits)
     kq = 1.5 * _exp2(52 - man_bits)
+    c032 = np.float32(1.5 * _exp2(23 + emin - man_bits))
+    kq32 = np.float32(1.5 * _exp2(23 - man_bits))
+    maxv32 = np.float32(maxv)
     # rows in parallel, blocks in turn: no integer division per block
     rows = scales.size // nb if nb > 0 else 0
     for r in numba.prange(rows):
@@ -747,7 +755,18 @@ def _quantize_pow2_loop(
                 sv = e - elem_emax + (1 if a / _exp2(e) > cut else 0)
                 sv = min(max(sv, E8M0_MIN_EXP), E8M0_MAX_EXP)
             scales[rj] = _exp2(sv)
-            if fast:
+            if fast32:  # the same rounding in float32 arithmetic (see the docstring)
+                inv32 = np.float32(_exp2(-sv))
+                for i in range(xs.size):
+                    y32 = xs[i] * inv32
+                    p32 = np.int32(np.float32(y32).view(np.int32) & np.int32(0x7F800000))
+                    c32 = p32.view(np.float32) * kq32
+                    c32 = c32 if c32 > c032 else c032
+                    v32 = (y32 + c32) - c32
+                    v32 = v32 if v32 < maxv32 else maxv32
+                    v32 = v32 if v32 > -maxv32 else -maxv32
+                    os[i] = math.copysign(v32, y32)
+            elif fast:
                 inv = _exp2(-sv)
                 for i in range(xs.size):
                     y = float(xs[i]) * inv
@@ -1140,7 +1159,10 @@ def quantize(
         fast &= elem.emin - elem.man_bits > -120 and elem.man_bits < 50
         cut = _CUT[sr](elem)
         loop = _qpow2_par if par else _qpow2_ser
-        loop(*head, out.reshape(-1), scale.reshape(-1), n, *masks, cut, elem.emax, fast, *tail)
+        # float32 x: the fast rounding in float32 is exact too (see _quantize_pow2_loop)
+        fast32 = fast and x2.dtype == np.float32 and elem.man_bits <= 20
+        loop(*head, out.reshape(-1), scale.reshape(-1), n, *masks, cut, elem.emax, fast, fast32,
+             *tail)  # fmt: skip
     else:
         if b.tensor_scale:
             big = _finite_amax(bits, par)

@@ -502,3 +502,36 @@ def test_four_over_six_config():
     assert get_block_format("nvfp4_4over6") is nvfp4_4over6
     assert repr(nvfp4_4over6) == "nvfp4_4over6"
     assert "targets=(6.0, 4.0)" in repr(nvfp4_4over6.with_axis(0))
+
+
+@pytest.mark.parametrize("bfmt", MX, ids=repr)
+def test_float32_fast_path_at_underflow_and_ties(bfmt):
+    """float32 blocks whose scaled elements underflow float32 (a max of 2**100 beside 2**-100
+    and float32 subnormals), and element ties after scaling: nearest-even against the spec."""
+    elem = bfmt.elem
+    x = np.zeros((3, bfmt.block), dtype=np.float32)
+    x[0, :6] = [2.0**100, 2.0**-100, -(2.0**-140), 2.0**-149, -0.0, 3.0 * 2.0**-127]
+    x[1, :2] = [2.0**-126, 2.0**-149]  # a subnormal-range block: the scale clamps at 2**-127
+    vals = sorted({v for v in all_values(elem) if math.isfinite(v) and v >= 0})
+    mids = [(p + q) / 2 for p, q in itertools.pairwise(vals)][: bfmt.block - 1]
+    x[2, 0] = elem.max  # scale 1 under floor
+    x[2, 1 : 1 + len(mids)] = mids
+    for b in (bfmt, bfmt.with_rounding("rceil")):
+        got = check_against_spec(x, b, "rne")
+        assert got.elements.dtype == np.float32
+        assert np.signbit(got.elements[0, 2]) and np.signbit(got.elements[0, 4])
+
+
+def test_block_amax_special_values():
+    x = np.zeros((4, 40))
+    x[0, 3] = -7.5
+    x[1, 5] = np.nan
+    x[2, 35] = -np.inf
+    x[3, :] = 5e-324
+    for dtype in (np.float64, np.float32):
+        am = block_amax(x.astype(dtype), mxfp4)  # (4, 2): blocks of 32 and a ragged 8
+        assert am.shape == (4, 2)
+        assert am[0].tolist() == [7.5, 0.0]
+        assert np.isnan(am[1, 0]) and am[1, 1] == 0.0
+        assert am[2, 0] == 0.0 and am[2, 1] == np.inf
+        assert am[3].tolist() == [float(dtype(5e-324))] * 2
