@@ -849,9 +849,10 @@ def _quantize_div_loop(
     words: NDArray[np.uint64],
     out: NDArray[Any],
     scales: F64,
+    exact: NDArray[np.bool_],
     n: int,
     t: float,
-    target: float,
+    targets: F64,
     block: int,
     absmask: int,
     infbits: int,
@@ -875,9 +876,16 @@ def _quantize_div_loop(
     """One pass per block of an e4m3-scaled format: block amax, scale, elements.
 
     Per block: ``m`` = the largest bits of |x| (NaN or inf: a NaN scale and zero elements);
-    ``S = e4m3_rne_satfinite(a / (target * t))`` (:func:`_e4m3_scale`; 0 for a = 0, and, with
-    t = 0, ``smax`` for a > 0 and NaN for a = 0); ``d = S * t`` (exact: 4 + 24 bits), zero
-    elements if d is 0 or NaN. Elements: on the fp4 path (nearest-even, saturating, a 4-bit
+    for each target T, ``S = e4m3_rne_satfinite(a / (T * t))`` (:func:`_e4m3_scale`; 0 for
+    a = 0, and, with t = 0, ``smax`` for a > 0 and NaN for a = 0); ``d = S * t`` (exact: 4 + 24
+    bits), zero elements if d is 0 or NaN. With several targets, each later candidate replaces
+    the best so far iff ``D = sum (x_i - v_i)**2 - sum (x_i - b_i)**2 < 0`` (v, b the
+    dequantised elements ``e * S * t``, exact), evaluated as ``sum (b_i - v_i)(2 x_i - b_i -
+    v_i)`` in float64 with the bound ``(block + 8) * 2**-52 * sum |b_i - v_i| (|2 x_i| + |b_i +
+    v_i|)`` on its rounding error (a few roundings per term and one per addition, with a margin
+    of two); a block with ``|D| <= bound`` (bound > 0) is marked in ``exact`` for the caller to
+    decide in rationals; bound = 0 means every term is exactly 0, a tie, which keeps the best.
+    Elements: on the fp4 path (nearest-even, saturating, a 4-bit
     element format with subnormals, -0 and eight non-negative values v_0 < ... < v_7), |x| is
     compared with the seven midpoints ``(v_k + v_(k+1)) / 2 * d`` (products of at most 3 + 28
     bits, exact), ties going to the even code (down after v_0, v_2, v_4, v_6, up after v_1,
@@ -886,8 +894,6 @@ def _quantize_div_loop(
     :func:`_round_div`.
     """
     nb = -(-n // block)
-    dscale = target * t
-    rinv = 1.0 / dscale if dscale > 0.0 else 0.0
     s1, s2, s3, s4 = vals[1] - vals[0], vals[2] - vals[1], vals[3] - vals[2], vals[4] - vals[3]
     s5, s6, s7 = vals[5] - vals[4], vals[6] - vals[5], vals[7] - vals[6]
     m0, m1, m2, m3 = (
@@ -897,9 +903,15 @@ def _quantize_div_loop(
         (vals[3] + vals[4]) / 2,
     )
     m4, m5, m6 = (vals[4] + vals[5]) / 2, (vals[5] + vals[6]) / 2, (vals[6] + vals[7]) / 2
+    rinvs = np.zeros(targets.size)
+    for c in range(targets.size):
+        if targets[c] * t > 0.0:
+            rinvs[c] = 1.0 / (targets[c] * t)
+    slack = (block + 8) * _exp2(-52)
     # rows in parallel, blocks in turn: no integer division per block
     rows = scales.size // nb if nb > 0 else 0
     for r in numba.prange(rows):
+        buf = np.empty(block, out.dtype)
         for j in range(nb):
             rj = r * nb + j
             lo = r * n + j * block
@@ -912,37 +924,62 @@ def _quantize_div_loop(
                 os[:] = 0.0
                 continue
             a = _bits_value(m, cm, cb)
-            if dscale == 0.0:
-                sc = smax if a > 0.0 else np.nan
-            elif a == 0.0:
-                sc = 0.0
-            else:
-                sc = _e4m3_scale(a, dscale, rinv, sman, semin, smax)
-            scales[rj] = sc
-            d = sc * t
-            if not d > 0.0:
-                os[:] = 0.0
-                continue
-            if fp4:
-                t0, t1, t2, t3, t4, t5, t6 = m0 * d, m1 * d, m2 * d, m3 * d, m4 * d, m5 * d, m6 * d
+            for c in range(targets.size):
+                dscale = targets[c] * t
+                if dscale == 0.0:
+                    sc = smax if a > 0.0 else np.nan
+                elif a == 0.0:
+                    sc = 0.0
+                else:
+                    sc = _e4m3_scale(a, dscale, rinvs[c], sman, semin, smax)
+                dst = os if c == 0 else buf[: hi - lo]
+                d = sc * t
+                if not d > 0.0:
+                    dst[:] = 0.0
+                elif fp4:
+                    t0, t1, t2, t3 = m0 * d, m1 * d, m2 * d, m3 * d
+                    t4, t5, t6 = m4 * d, m5 * d, m6 * d
+                    for i in range(xs.size):
+                        xv = np.float64(xs[i])
+                        u = abs(xv)
+                        v = (
+                            (s1 if u > t0 else 0.0)
+                            + (s2 if u >= t1 else 0.0)
+                            + (s3 if u > t2 else 0.0)
+                            + (s4 if u >= t3 else 0.0)
+                            + (s5 if u > t4 else 0.0)
+                            + (s6 if u >= t5 else 0.0)
+                            + (s7 if u > t6 else 0.0)
+                        )
+                        dst[i] = math.copysign(v, xv)
+                else:
+                    for i in range(xs.size):
+                        w = int(ws[i]) if mode == 6 else 0
+                        dst[i] = _round_div(np.float64(xs[i]), d, w, man_bits, emin, maxv, mode,
+                                            sr_bits, saturate, over, neg_zero,
+                                            subnormals)  # fmt: skip
+                if c == 0:
+                    scales[rj] = sc
+                    continue
+                # D = sum (e_new**2 - e_best**2) = sum delta * sigma, with its rounding bound
+                tb = scales[rj] * t if scales[rj] > 0.0 else 0.0
+                tn = sc * t if sc > 0.0 else 0.0
+                dsum = 0.0
+                bound = 0.0
                 for i in range(xs.size):
-                    xv = np.float64(xs[i])
-                    u = abs(xv)
-                    v = (
-                        (s1 if u > t0 else 0.0)
-                        + (s2 if u >= t1 else 0.0)
-                        + (s3 if u > t2 else 0.0)
-                        + (s4 if u >= t3 else 0.0)
-                        + (s5 if u > t4 else 0.0)
-                        + (s6 if u >= t5 else 0.0)
-                        + (s7 if u > t6 else 0.0)
-                    )
-                    os[i] = math.copysign(v, xv)
-            else:
-                for i in range(xs.size):
-                    w = int(ws[i]) if mode == 6 else 0
-                    os[i] = _round_div(np.float64(xs[i]), d, w, man_bits, emin, maxv, mode,
-                                         sr_bits, saturate, over, neg_zero, subnormals)  # fmt: skip
+                    x2v = 2.0 * np.float64(xs[i])
+                    vb = np.float64(os[i]) * tb
+                    vn = np.float64(dst[i]) * tn
+                    delta = vb - vn
+                    wsum = vb + vn
+                    dsum += delta * (x2v - wsum)
+                    bound += abs(delta) * (abs(x2v) + abs(wsum))
+                bound *= slack
+                if dsum < -bound:
+                    os[:] = dst
+                    scales[rj] = sc
+                elif bound > 0.0 and abs(dsum) <= bound:
+                    exact[rj] = True
 
 
 def _dequantize_loop(el: NDArray[Any], sc: F64, out: F64, n: int, block: int, t: float) -> None:
@@ -1172,15 +1209,19 @@ def quantize(
         fp4 = fast and elem.bits == 4 and not (elem.has_inf or elem.has_nan)
         vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem) if fp4 else np.zeros(8))
         loop = _qdiv_par if par else _qdiv_ser
-        fixed = (*masks, sf.man_bits, sf.emin, sf.max, vals, fp4, *tail)
-        cands: list[tuple[NDArray[Any], F64]] = []
-        for target in b.targets or (elem.max,):
-            c_out, c_scale = (
-                (out, scale) if not cands else (np.empty_like(out), np.empty_like(scale))
-            )
-            loop(*head, c_out.reshape(-1), c_scale.reshape(-1), n, tscale, float(target), *fixed)
-            cands.append((c_out, c_scale))
-        out, scale = _least_squared_error(x2, cands, b.block, tscale)
+        targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
+        exact = np.zeros(scale.size, dtype=np.bool_)
+        loop(*head, out.reshape(-1), scale.reshape(-1), exact, n, tscale, targets, *masks,
+             sf.man_bits, sf.emin, sf.max, vals, fp4, *tail)  # fmt: skip
+        for rj in np.flatnonzero(exact):  # near-ties of the squared errors: the spec decides
+            r, j = divmod(int(rj), scale.shape[1])
+            sl = slice(j * b.block, min(n, (j + 1) * b.block))
+            rw = words[r, sl].tolist() if mode is Rounding.STOCHASTIC else None
+            s_exact, e_exact = quantize_block_spec(x2[r, sl].tolist(), b, mode,
+                                                   tensor_scale=tscale, rand_words=rw,
+                                                   sr_bits=int(sr_bits))  # fmt: skip
+            scale[r, j] = s_exact
+            out[r, sl] = e_exact
     elements = np.moveaxis(out.reshape(moved.shape), -1, ax)
     scales = np.moveaxis(scale.reshape(*moved.shape[:-1], -1), -1, ax)
     return BlockTensor(np.ascontiguousarray(elements), np.ascontiguousarray(scales), tscale, b)
@@ -1219,59 +1260,6 @@ _CUT = {
     ScaleRounding.RCEIL: lambda elem: elem.max / 2.0**elem.emax,
 }
 """The significand of the block max above which each e8m0 rule adds one to floor's exponent."""
-
-
-def _least_squared_error(
-    x2: NDArray[Any], cands: list[tuple[NDArray[Any], F64]], block: int, t: float
-) -> tuple[NDArray[Any], F64]:
-    """Per block, the candidate ``(elements, scales)`` with the least sum of squared errors
-    ``sum (x_i - e_i * S * t)**2``; ties keep the earlier candidate.
-
-    Candidates are compared in pairs by the sign of ``D = sum (e_new - e_best)**2 ... `` written
-    as ``sum delta_i * sigma_i`` with ``delta = v_best - v_new``, ``sigma = 2 x - v_best - v_new``
-    (``v = e * S * t``). D is evaluated in float64 with the bound
-    ``B = (n + 8) * 2**-52 * sum |delta_i| * (|2 x_i| + |v_best + v_new|)`` on its rounding error
-    (a few roundings per term plus n - 1 in the sum, with a margin of two); a block with
-    ``|D| <= B`` is decided in exact rationals. B = 0 means every term is exactly 0: a tie.
-    """
-    best_e, best_s = cands[0]
-    if len(cands) == 1:
-        return best_e, best_s
-    rows, n = x2.shape
-    nb = best_s.shape[1]
-    pad = nb * block - n
-
-    def blocks(a: NDArray[Any]) -> F64:  # (rows, nb, block), zero-padded
-        a64 = np.asarray(a, dtype=np.float64)
-        return np.pad(a64, ((0, 0), (0, pad))).reshape(rows, nb, block)
-
-    x3 = blocks(x2)
-    x3 = np.where(np.isfinite(x3), x3, 0.0)
-    best_e, best_s = best_e.copy(), best_s.copy()
-    for new_e, new_s in cands[1:]:
-        ok = np.isfinite(best_s) & np.isfinite(new_s)
-        sb = np.where(ok, best_s, 0.0)[..., None] * t
-        sn = np.where(ok, new_s, 0.0)[..., None] * t
-        vb = blocks(best_e) * sb
-        vn = blocks(new_e) * sn
-        delta = vb - vn
-        wsum = vb + vn
-        d = np.sum(delta * (2.0 * x3 - wsum), axis=-1)
-        bound = (
-            (block + 8)
-            * 2.0**-52
-            * np.sum(np.abs(delta) * (np.abs(2.0 * x3) + np.abs(wsum)), axis=-1)
-        )
-        take = d < -bound
-        for r, j in np.argwhere((np.abs(d) <= bound) & (bound > 0)):
-            xs = [Fraction(float(v)) for v in x3[r, j]]
-            eb = sum((xi - Fraction(float(v))) ** 2 for xi, v in zip(xs, vb[r, j], strict=True))
-            en = sum((xi - Fraction(float(v))) ** 2 for xi, v in zip(xs, vn[r, j], strict=True))
-            take[r, j] = en < eb
-        take_e = np.repeat(take, block, axis=1)[:, :n]
-        best_e = np.where(take_e, new_e, best_e)
-        best_s = np.where(take, new_s, best_s)
-    return best_e, best_s
 
 
 def _amax_rows(x2: NDArray[Any], block: int) -> F64:
