@@ -33,6 +33,19 @@ The maths, for one block ``x_1..x_n`` with ``a = max |x_i|``, element format E (
   which makes the later rounding into the narrow format correct), so results here may differ
   from a kernel that multiplies by an fp32 reciprocal where the two disagree.
 
+* Four Over Six (``nvfp4_4over6``; Cook et al., arXiv 2512.02010): NVFP4 where each block
+  is quantised twice, with ``S6 = e4m3_rne_satfinite(a / (6 * t))`` and
+  ``S4 = e4m3_rne_satfinite(a / (4 * t))``, and keeps the candidate whose dequantised elements
+  have the smaller sum of squared errors ``sum (x_i - e_i * S * t)**2`` (exact rationals), 6 on
+  a tie; the tensor scale is ``t = fp32(A / (6 * 256))`` so that S4 (about 1.5 * S6) stays
+  below 448. The error measure, the tie rule and the 256 follow the authors' reference
+  quantiser (github.com/mit-han-lab/fouroversix, ``select_fouroversix``: squared error is its
+  default rule, 4 is taken only when strictly better). Where it is silent or inexact, lowprec
+  assumes: S4 is ``a / (4 t)`` rounded once (the reference rounds fp32(1.5 * fp32(a / (6 t))));
+  errors are compared exactly (the reference sums fp32 squares); stochastic rounding uses the
+  same random words for both candidates (the reference draws fresh ones for each). In
+  :class:`BlockFormat` terms: ``targets=(6, 4)``, ``scale_top=256``.
+
 Blocks: the axis is split into ``ceil(n / block)`` blocks; the last one may be ragged (padded with
 zeros, which never change a block's max). A block whose max is 0 gets ``s = -127`` (e8m0) or
 ``S = 0`` (e4m3) and zero elements. A block holding NaN or +-inf gets a NaN scale (the NaN code
@@ -45,7 +58,9 @@ element rounds away from zero iff ``word + floor(frac * 2**sr_bits) >= 2**sr_bit
 being the discarded fraction of the gap (the rule of :func:`lowprec.reference.round_fraction`).
 
 :func:`quantize_block_spec` is the scalar specification in exact rationals; :func:`quantize` is
-the vectorised twin, tested against it bit for bit.
+the vectorised twin, tested against it bit for bit: one compiled pass per block (block amax
+from the bits of |x|, the scale, the elements), rows in parallel. Any number of axes: the block
+axis is moved last and the other axes are flattened into rows.
 """
 
 from __future__ import annotations
@@ -131,6 +146,11 @@ class BlockFormat:
         tensor_scale: Whether an fp32 per-tensor scale is applied first (NVFP4; e4m3 scales only).
         saturate: Whether elements beyond the element max clamp to +-max (all recipes do).
         axis: The axis the blocks run along (-1: rows of K-contiguous blocks for ``a`` of a GEMM).
+        targets: e4m3 scales only: the values a block's max may be scaled to (empty: the
+            element max alone). With several, each block takes the one whose elements have the
+            least sum of squared errors, ties to the earlier (Four Over Six: ``(6, 4)``).
+        scale_top: The block-scale value the tensor's max maps to in the tensor scale
+            ``t = A / (M * scale_top)`` (None: the scale format's max, 448; Four Over Six: 256).
     """
 
     name: str
@@ -141,6 +161,8 @@ class BlockFormat:
     tensor_scale: bool = False
     saturate: bool = True
     axis: int = -1
+    targets: tuple[float, ...] = ()
+    scale_top: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "elem", get_format(self.elem))
@@ -173,16 +195,33 @@ class BlockFormat:
             )
         if not isinstance(self.axis, int):
             raise ConfigError(f"BlockFormat {self.name}: axis={self.axis!r}; expected an int")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        elem_max = _fmt(self.elem).max
+        if any(not 0 < v <= elem_max for v in self.targets):
+            raise ConfigError(
+                f"BlockFormat {self.name}: targets={self.targets!r}; expected values in "
+                f"(0, {elem_max}] (the element max)"
+            )
+        if (self.targets or self.scale_top is not None) and sf != fp8_e4m3fn:
+            raise ConfigError(
+                f"BlockFormat {self.name}: targets and scale_top need e4m3 block scales"
+            )
+        if self.scale_top is not None and not 0 < self.scale_top <= sf.max:
+            raise ConfigError(
+                f"BlockFormat {self.name}: scale_top={self.scale_top!r}; expected (0, {sf.max}]"
+            )
 
     def __repr__(self) -> str:
         if BLOCK_FORMATS.get(self.name) == self:
             return self.name
         elem, sf = _fmt(self.elem), _fmt(self.scale_fmt)
         sr = ScaleRounding.parse(self.scale_rounding)
+        extra = f", targets={self.targets}" if self.targets else ""
+        extra += f", scale_top={self.scale_top}" if self.scale_top is not None else ""
         return (
             f"BlockFormat({self.name!r}, {elem.name}, block={self.block}, scale={sf.name}/"
             f"{sr.value}, tensor_scale={self.tensor_scale}, saturate={self.saturate}, "
-            f"axis={self.axis})"
+            f"axis={self.axis}{extra})"
         )
 
     def with_rounding(self, r: ScaleRounding | str) -> BlockFormat:
@@ -204,6 +243,11 @@ def _fmt(f: Format | str) -> Format:
     return f
 
 
+def _scale_top(b: BlockFormat) -> float:
+    """The block-scale value of the tensor's max (the scale format's max unless set)."""
+    return _fmt(b.scale_fmt).max if b.scale_top is None else float(b.scale_top)
+
+
 def _bfmt_fields(b: BlockFormat) -> tuple[Format, Format, ScaleRounding]:
     sr = b.scale_rounding
     assert isinstance(sr, ScaleRounding)
@@ -219,10 +263,13 @@ nvfp4 = BlockFormat(
     "nvfp4", fp4_e2m1, 16, fp8_e4m3fn, ScaleRounding.NEAREST, tensor_scale=True, saturate=True
 )
 
+nvfp4_4over6 = dataclasses.replace(nvfp4, name="nvfp4_4over6", targets=(6.0, 4.0), scale_top=256.0)
+
 BLOCK_FORMATS: dict[str, BlockFormat] = {
-    b.name: b for b in (mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, nvfp4)
+    b.name: b for b in (mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, nvfp4, nvfp4_4over6)
 }
-"""The presets by name: OCP MX v1.0 (block 32, e8m0 scales, floor) and NVFP4."""
+"""The presets by name: OCP MX v1.0 (block 32, e8m0 scales, floor), NVFP4 and NVFP4 with
+Four Over Six block scales."""
 
 
 def get_block_format(b: BlockFormat | str) -> BlockFormat:
@@ -275,19 +322,20 @@ def scale_exponent_spec(amax: Fraction, elem: Format, rounding: ScaleRounding) -
 
 
 def tensor_scale_spec(values: Sequence[float], bfmt: BlockFormat | str) -> float:
-    """The fp32 tensor scale ``t = fp32(A / (M * 448))`` of NVFP4 (1 without a tensor scale).
+    """The fp32 tensor scale ``t = fp32(A / (M * 448))`` of NVFP4 (1 without a tensor scale;
+    ``scale_top`` in place of 448 where the format sets it).
 
     Args:
         values: Every value of the tensor (non-finite ones are ignored).
         bfmt: The block format.
     """
     b = get_block_format(bfmt)
-    elem, sf, _ = _bfmt_fields(b)
+    elem = _fmt(b.elem)
     finite = [abs(Fraction(v)) for v in values if math.isfinite(v)]
     big = max(finite, default=Fraction(0))
     if not b.tensor_scale or big == 0:
         return 1.0
-    return round_fraction(big / (Fraction(elem.max) * Fraction(sf.max)), fp32)
+    return round_fraction(big / (Fraction(elem.max) * Fraction(_scale_top(b))), fp32)
 
 
 def quantize_block_spec(
@@ -325,9 +373,36 @@ def quantize_block_spec(
             s = E8M0_MIN_EXP
         else:
             s = min(max(scale_exponent_spec(amax, elem, sr), E8M0_MIN_EXP), E8M0_MAX_EXP)
-        scale = Fraction(2) ** s
-    else:
-        scale = Fraction(round_fraction(amax / (Fraction(elem.max) * t), sf, saturate=True))
+        return _block_elements_spec(values, b, mode, Fraction(2) ** s, t, rand_words, sr_bits)
+    best: tuple[float, list[float]] | None = None
+    best_err = Fraction(0)
+    for target in b.targets or (elem.max,):
+        scale = Fraction(round_fraction(amax / (Fraction(target) * t), sf, saturate=True))
+        cand = _block_elements_spec(values, b, mode, scale, t, rand_words, sr_bits)
+        err = sum(
+            (
+                (Fraction(v) - Fraction(e) * scale * t) ** 2
+                for v, e in zip(values, cand[1], strict=True)
+            ),
+            Fraction(0),
+        )
+        if best is None or err < best_err:
+            best, best_err = cand, err
+    assert best is not None
+    return best
+
+
+def _block_elements_spec(
+    values: Sequence[float],
+    b: BlockFormat,
+    mode: Rounding,
+    scale: Fraction,
+    t: Fraction,
+    rand_words: Sequence[int] | None,
+    sr_bits: int,
+) -> tuple[float, list[float]]:
+    """``(scale, round_E(v / (scale * t)) for each v)``, zeros for a zero scale."""
+    elem = _fmt(b.elem)
     if scale == 0:
         return 0.0, [0.0] * len(values)
     out = []
@@ -375,9 +450,8 @@ def divide_round_odd(x: F64, d: F64) -> F64:
 
 
 # ---- compiled loops -------------------------------------------------------------------------
-# mode codes of the element-rounding loop
+# mode codes of the element rounding
 _RNE, _RNA, _RTZ, _UP, _DOWN, _ODD, _SR = range(7)
-_NO_SCALE = -(1 << 20)  # the scale exponent of a NaN block in the power-of-two loop
 _MODE = {
     Rounding.NEAREST_EVEN: _RNE,
     Rounding.NEAREST_AWAY: _RNA,
@@ -387,6 +461,7 @@ _MODE = {
     Rounding.ODD: _ODD,
     Rounding.STOCHASTIC: _SR,
 }
+_EXP_MASK = np.int64(0x7FF0000000000000)  # the exponent field of a float64
 
 
 @numba.njit(cache=True, inline="always")
@@ -406,28 +481,50 @@ def _ilog2(v: float) -> int:
     return int(field) - 1023
 
 
-def _amax_loop(x: NDArray[Any], block: int, out: F64) -> None:
-    """out[r, j] = max |x[r, j*block : (j+1)*block]| (NaN if the block holds NaN)."""
-    rows, n = x.shape
-    nb = out.shape[1]
-    for r in numba.prange(rows):
-        for j in range(nb):
-            hi = min(n, (j + 1) * block)
-            a = 0.0
-            nan = False
-            for i in range(j * block, hi):
-                v = abs(np.float64(x[r, i]))
-                a = max(a, v)
-                nan |= v != v
-            out[r, j] = np.nan if nan else a
+@numba.njit(cache=True, inline="always")
+def _bits_value(m: int, cm: int, cb: int) -> float:
+    """The value of the non-negative finite float whose bits are m (``cm`` fraction bits,
+    exponent bias ``cb``): an integer significand of at most 53 bits times a power of two."""
+    field = m >> cm
+    frac = m & ((np.int64(1) << cm) - 1)
+    if field == 0:
+        return float(frac) * _exp2(1 - cb - cm)
+    return float(frac | (np.int64(1) << cm)) * _exp2(int(field) - cb - cm)
 
 
-def _round_loop(
-    x: NDArray[Any],
-    d: F64,
-    words: NDArray[np.uint64],
-    out: NDArray[Any],
-    block: int,
+@numba.njit(cache=True, inline="always")
+def _finish(
+    mag: float,
+    neg: bool,
+    maxv: float,
+    mode: int,
+    saturate: bool,
+    over: float,
+    neg_zero: bool,
+    subnormals: bool,
+    emin: int,
+) -> float:
+    """The signed element from a rounded magnitude: overflow (saturated to ``maxv`` or
+    ``over``), flush of subnormals for formats without them, the sign of zero."""
+    if mag > maxv:
+        if saturate:
+            mag = maxv
+        elif mode in (0, 1, 6) or (mode == 3 and not neg) or (mode == 4 and neg):
+            mag = over
+        else:
+            mag = maxv
+    if not subnormals and mag < _exp2(emin):
+        mag = 0.0
+    if mag == 0.0 and not neg_zero:
+        return 0.0
+    return -mag if neg else mag
+
+
+@numba.njit(cache=True, inline="always")
+def _round_div(
+    xv: float,
+    dv: float,
+    word: int,
     man_bits: int,
     emin: int,
     maxv: float,
@@ -437,84 +534,62 @@ def _round_loop(
     over: float,
     neg_zero: bool,
     subnormals: bool,
-) -> None:
-    """out = round_elem(x / d[block]) for every element, exactly (d > 0 finite; else 0).
+) -> float:
+    """round_elem(xv / dv) exactly, for a divisor dv > 0 that need not be a power of two.
 
-    For a = |x| and the block's divisor d, the quantum of the element format at a/d is
-    ``g = 2**(max(e, emin) - man_bits)`` with e = floor(log2(a/d)), found from an estimate and
-    corrected by exact comparisons with ``2**e * d``; then ``k = floor(a / (g*d))``, corrected
-    the same way, and the remainder ``r = a - k*g*d`` is exact (Sterbenz): every rounding
-    decision compares r with ``g*d`` exactly (products of at most 31 + 24 bits are exact in
-    float64). ``over`` is what an overflow becomes when it does not saturate to ``maxv``.
+    For a = |xv| the quantum of the element format at a/dv is
+    ``g = 2**(max(e, emin) - man_bits)`` with e = floor(log2(a/dv)), found from an estimate and
+    corrected by exact comparisons with ``2**e * dv``; then ``k = floor(a / (g*dv))``,
+    corrected the same way, and the remainder ``r = a - k*g*dv`` is exact (Sterbenz): every
+    rounding decision compares r with ``g*dv`` exactly (products of at most 31 + 24 bits are
+    exact in float64). ``over`` is what an overflow becomes when it does not saturate.
     """
-    rows, n = x.shape
-    one = np.uint64(1)
-    for r in numba.prange(rows):
-        for i in range(n):
-            dv = d[r, i // block]
-            xv = np.float64(x[r, i])
-            if not (dv > 0.0 and dv < np.inf):
-                out[r, i] = 0.0
-                continue
-            neg = bool(xv < 0.0 or (xv == 0.0 and math.copysign(1.0, xv) < 0.0))
-            a = abs(xv)
-            mag = 0.0
-            if a > 0.0:
-                e = _ilog2(a / dv)
-                if _exp2(e) * dv > a:
-                    e -= 1
-                elif _exp2(e + 1) * dv <= a:
-                    e += 1
-                g = _exp2(max(e, emin) - man_bits)
-                gd = g * dv
-                k = math.floor(a / gd)
-                if k * gd > a:
-                    k -= 1
-                elif (k + 1.0) * gd <= a:
-                    k += 1
-                rem = a - k * gd
-                up = False
-                if rem > 0.0:
-                    if mode == 0:
-                        up = 2.0 * rem > gd or (2.0 * rem == gd and k % 2.0 == 1.0)
-                    elif mode == 1:
-                        up = 2.0 * rem >= gd
-                    elif mode == 3:
-                        up = not neg
-                    elif mode == 4:
-                        up = neg
-                    elif mode == 5:
-                        up = k % 2.0 == 0.0
-                    elif mode == 6:
-                        scaled = rem * _exp2(sr_bits)
-                        f = math.floor(scaled / gd)
-                        if f * gd > scaled:
-                            f -= 1
-                        elif (f + 1.0) * gd <= scaled:
-                            f += 1
-                        up = words[r, i] + np.uint64(f) >= (one << np.uint64(sr_bits))
-                mag = (k + 1.0) * g if up else k * g
-                if mag > maxv:
-                    if saturate:
-                        mag = maxv
-                    elif mode in (0, 1, 6) or (mode == 3 and not neg) or (mode == 4 and neg):
-                        mag = over
-                    else:
-                        mag = maxv
-                if not subnormals and mag < _exp2(emin):
-                    mag = 0.0
-            if mag == 0.0 and not neg_zero:
-                out[r, i] = 0.0
-            else:
-                out[r, i] = -mag if neg else mag
+    neg = bool(xv < 0.0 or (xv == 0.0 and math.copysign(1.0, xv) < 0.0))
+    a = abs(xv)
+    mag = 0.0
+    if a > 0.0:
+        e = _ilog2(a / dv)
+        if _exp2(e) * dv > a:
+            e -= 1
+        elif _exp2(e + 1) * dv <= a:
+            e += 1
+        g = _exp2(max(e, emin) - man_bits)
+        gd = g * dv
+        k = math.floor(a / gd)
+        if k * gd > a:
+            k -= 1
+        elif (k + 1.0) * gd <= a:
+            k += 1
+        rem = a - k * gd
+        up = False
+        if rem > 0.0:
+            if mode == 0:
+                up = 2.0 * rem > gd or (2.0 * rem == gd and k % 2.0 == 1.0)
+            elif mode == 1:
+                up = 2.0 * rem >= gd
+            elif mode == 3:
+                up = not neg
+            elif mode == 4:
+                up = neg
+            elif mode == 5:
+                up = k % 2.0 == 0.0
+            elif mode == 6:
+                scaled = rem * _exp2(sr_bits)
+                f = math.floor(scaled / gd)
+                if f * gd > scaled:
+                    f -= 1
+                elif (f + 1.0) * gd <= scaled:
+                    f += 1
+                up = word + int(f) >= (1 << sr_bits)
+        mag = (k + 1.0) * g if up else k * g
+    return _finish(mag, neg, maxv, mode, saturate, over, neg_zero, subnormals, emin)
 
 
-def _round_pow2_loop(
-    xbits: NDArray[Any],
-    sexp: NDArray[np.int32],
-    words: NDArray[np.uint64],
-    out: NDArray[Any],
-    block: int,
+@numba.njit(cache=True, inline="always")
+def _round_pow2(
+    b: Any,
+    sv: Any,
+    word: int,
     cm: int,
     cb: int,
     man_bits: int,
@@ -526,123 +601,193 @@ def _round_pow2_loop(
     over: float,
     neg_zero: bool,
     subnormals: bool,
-) -> None:
-    """out = round_elem(x * 2**-s[block]) on the bits of x (carrier with ``cm`` fraction bits,
-    bias ``cb``); s = NO_SCALE marks a NaN block (zeros).
+) -> float:
+    """round_elem(x * 2**-sv) on the bits b of x (carrier with ``cm`` fraction bits, bias
+    ``cb``).
 
-    x = M * 2**(ex - cm) with the integer significand M; the element quantum at x * 2**-s is
-    ``2**qe``, ``qe = max(ex - s, emin) - man_bits``, so ``shift = qe + cm + s - ex`` low bits
+    x = M * 2**(ex - cm) with the integer significand M; the element quantum at x * 2**-sv is
+    ``2**qe``, ``qe = max(ex - sv, emin) - man_bits``, so ``shift = qe + cm + sv - ex`` low bits
     of M are discarded: ``k = M >> shift`` and the remainder decides, in integers.
     """
-    rows, n = xbits.shape
-    sign_shift = 63 if cm == 52 else 31
-    ebits = 11 if cm == 52 else 8
-    nb = sexp.shape[1]
-    for rj in numba.prange(rows * nb):
+    neg = bool(((b >> (63 if cm == 52 else 31)) & 1) == 1)
+    field = (b >> cm) & ((1 << (11 if cm == 52 else 8)) - 1)
+    frac = b & ((np.int64(1) << cm) - 1)
+    mag = 0.0
+    if field != 0 or frac != 0:
+        if field == 0:
+            ex = np.int64(1 - cb)
+            big = frac
+        else:
+            ex = field - cb
+            big = frac | (np.int64(1) << cm)
+        qe = max(ex - sv, emin) - man_bits
+        shift = qe + cm + sv - ex
+        up = False
+        if shift <= 0:
+            k = big << min(-shift, 62)
+        else:
+            sh = min(shift, 62)
+            k = big >> sh
+            rem = big & ((np.int64(1) << sh) - 1)
+            half = np.int64(1) << (sh - 1)
+            if rem != 0:
+                if mode == 0:
+                    up = rem > half or (rem == half and (k & 1) == 1)
+                elif mode == 1:
+                    up = rem >= half
+                elif mode == 3:
+                    up = not neg
+                elif mode == 4:
+                    up = neg
+                elif mode == 5:
+                    up = (k & 1) == 0
+                elif mode == 6:
+                    f = rem >> (sh - sr_bits) if sh >= sr_bits else rem << (sr_bits - sh)
+                    up = np.int64(word) + f >= (np.int64(1) << sr_bits)
+        mag = np.float64(k + 1 if up else k) * _exp2(qe)
+    return _finish(mag, neg, maxv, mode, saturate, over, neg_zero, subnormals, emin)
+
+
+@numba.njit(cache=True, inline="always")
+def _block_abs_bits(xbits: NDArray[Any], absmask: int) -> int:
+    """max over the block of the bits of |x| (integer order is value order; NaN is largest)."""
+    m = 0
+    for i in range(xbits.size):
+        m = max(m, xbits[i] & absmask)
+    return m
+
+
+def _amax_loop(xbits: NDArray[Any], n: int, block: int, out: F64, absmask: int, infbits: int,
+               cm: int, cb: int) -> None:  # fmt: skip
+    """out[r, j] = max |x[r, j*block : (j+1)*block]| (NaN if the block holds NaN), on the
+    flat bits of x (rows of n) and the flat out."""
+    nb = -(-n // block)
+    for rj in numba.prange(out.size):
         r = rj // nb
-        sv = sexp[r, rj - r * nb]
-        lo = (rj - r * nb) * block
-        for i in range(lo, min(n, lo + block)):
-            b = np.int64(xbits[r, i])
-            neg = bool(((b >> sign_shift) & 1) == 1)
-            if sv == _NO_SCALE:
-                out[r, i] = 0.0
-                continue
-            field = (b >> cm) & ((1 << ebits) - 1)
-            frac = b & ((np.int64(1) << cm) - 1)
-            mag = 0.0
-            if field != 0 or frac != 0:
-                if field == 0:
-                    ex = np.int64(1 - cb)
-                    big = frac
-                else:
-                    ex = field - cb
-                    big = frac | (np.int64(1) << cm)
-                qe = max(ex - sv, emin) - man_bits
-                shift = qe + cm + sv - ex
-                up = False
-                if shift <= 0:
-                    k = big << min(-shift, 62)
-                    rem = np.int64(0)
-                else:
-                    sh = min(shift, 62)
-                    k = big >> sh
-                    rem = big & ((np.int64(1) << sh) - 1)
-                    half = np.int64(1) << (sh - 1)
-                    if rem != 0:
-                        if mode == 0:
-                            up = rem > half or (rem == half and (k & 1) == 1)
-                        elif mode == 1:
-                            up = rem >= half
-                        elif mode == 3:
-                            up = not neg
-                        elif mode == 4:
-                            up = neg
-                        elif mode == 5:
-                            up = (k & 1) == 0
-                        elif mode == 6:
-                            if sh >= sr_bits:
-                                f = rem >> (sh - sr_bits)
-                            else:
-                                f = rem << (sr_bits - sh)
-                            up = np.int64(words[r, i]) + f >= (np.int64(1) << sr_bits)
-                mag = np.float64(k + 1 if up else k) * _exp2(qe)
-                if mag > maxv:
-                    if saturate:
-                        mag = maxv
-                    elif mode in (0, 1, 6) or (mode == 3 and not neg) or (mode == 4 and neg):
-                        mag = over
-                    else:
-                        mag = maxv
-                if not subnormals and mag < _exp2(emin):
-                    mag = 0.0
-            if mag == 0.0 and not neg_zero:
-                out[r, i] = 0.0
-            else:
-                out[r, i] = -mag if neg else mag
+        lo = r * n + (rj - r * nb) * block
+        m = _block_abs_bits(xbits[lo : min(r * n + n, lo + block)], absmask)
+        if m >= infbits:
+            out[rj] = np.nan if m > infbits else np.inf
+        else:
+            out[rj] = _bits_value(m, cm, cb)
 
 
-def _rne_pow2_loop(
+def _finite_amax_loop(xbits: NDArray[Any], n: int, out: NDArray[np.int64], absmask: int,
+                      infbits: int) -> None:  # fmt: skip
+    """out[r] = the bits of max |x[r, :]| over the row's finite values (flat bits, rows of n)."""
+    for r in numba.prange(out.size):
+        row = xbits[r * n : r * n + n]
+        m = 0
+        for i in range(row.size):
+            v = row[i] & absmask
+            m = max(m, v if v < infbits else 0)
+        out[r] = m
+
+
+def _quantize_pow2_loop(
     x: NDArray[Any],
-    inv: F64,
+    xbits: NDArray[Any],
+    words: NDArray[np.uint64],
     out: NDArray[Any],
+    scales: F64,
+    n: int,
     block: int,
+    absmask: int,
+    infbits: int,
+    cm: int,
+    cb: int,
+    cut: float,
+    elem_emax: int,
+    fast: bool,
+    fast32: bool,
     man_bits: int,
     emin: int,
     maxv: float,
+    mode: int,
+    sr_bits: int,
+    saturate: bool,
+    over: float,
+    neg_zero: bool,
+    subnormals: bool,
 ) -> None:
-    """Nearest-even, saturating: out = clamp(rne(x * inv[block])) with power-of-two inv
-    (0 marks a NaN block: zeros).
+    """One pass per block of an e8m0-scaled format: block amax, scale, elements.
 
-    ``y = x * inv`` is exact in float64; with ``g = 2**(max(e_y, emin) - man_bits)`` the
-    element quantum at y, ``(y + c) - c`` with ``c = 1.5 * 2**52 * g`` is y rounded to a
-    multiple of g, ties to even (float64 addition rounds to nearest-even at c's ulp g;
-    |y| < 2**51 g). The sign of a zero result is y's. Branch-free, so the loop vectorises.
+    Per block: ``m`` = the largest bits of |x| (NaN or inf: a NaN scale and zero elements);
+    ``a`` its value; ``s = floor(log2 a) - emax_elem``, plus one where the significand of a
+    exceeds ``cut`` (inf for floor, 1 for ceil, 2 - 2**-(m+1) for even, M / 2**emax for rceil),
+    clamped to [-127, 127] (-127 for a = 0). Elements: on the fast path (nearest-even,
+    saturating, subnormals and -0 in the element format), ``y = x * 2**-s`` is exact in float64;
+    with ``g = 2**(max(e_y, emin) - man_bits)`` the element quantum at y, ``(y + c) - c`` with
+    ``c = 1.5 * 2**52 * g`` is y rounded to a multiple of g, ties to even (float64 addition
+    rounds to nearest-even at c's ulp g; |y| < 2**51 g), c being ``max(2**e_y * 1.5 * 2**(52 -
+    man_bits), 1.5 * 2**(52 + emin - man_bits))`` with ``2**e_y`` the exponent field of y (0 for
+    a float64 subnormal y). Then clamp to +-maxv and give the zero y's sign: branch-free, so the
+    loop vectorises. ``fast32`` (float32 x, man_bits <= 20) does the same in float32, twice the
+    lanes: ``x * 2**-s`` is exact in float32 unless it falls below 2**-126, and such a y, exact
+    or not, is below a quarter of the element's smallest subnormal (>= 2**-119 on the fast
+    path), so it rounds to a zero of its sign either way; 1.5 * 2**23 * g is a float32 whose
+    ulp is g, and |y| < 2**22 g. Any other mode: :func:`_round_pow2` on the bits of x.
     """
-    rows, n = x.shape
-    nb = inv.shape[1]
-    for rj in numba.prange(rows * nb):
-        r = rj // nb
-        f = inv[r, rj - r * nb]
-        lo = (rj - r * nb) * block
-        hi = min(n, lo + block)
-        if f == 0.0:
-            for i in range(lo, hi):
-                out[r, i] = 0.0
-            continue
-        for i in range(lo, hi):
-            y = np.float64(x[r, i]) * f
-            ey = int((np.float64(y).view(np.int64) >> 52) & 2047)
-            eq = max(ey, emin + 1023) - man_bits + 52  # biased exponent of 2**52 * g
-            c = np.int64(eq << 52).view(np.float64) * 1.5
-            v = (y + c) - c
-            v = min(max(v, -maxv), maxv)
-            out[r, i] = math.copysign(v, y)
+    nb = -(-n // block)
+    c0 = 1.5 * _exp2(52 + emin - man_bits)
+    kq = 1.5 * _exp2(52 - man_bits)
+    c032 = np.float32(1.5 * _exp2(23 + emin - man_bits))
+    kq32 = np.float32(1.5 * _exp2(23 - man_bits))
+    maxv32 = np.float32(maxv)
+    # rows in parallel, blocks in turn: no integer division per block
+    rows = scales.size // nb if nb > 0 else 0
+    for r in numba.prange(rows):
+        for j in range(nb):
+            rj = r * nb + j
+            lo = r * n + j * block
+            hi = min(r * n + n, lo + block)
+            xs, xb, os = x[lo:hi], xbits[lo:hi], out[lo:hi]
+            ws = words[lo:hi] if mode == 6 else words
+            m = _block_abs_bits(xb, absmask)
+            if m >= infbits:
+                scales[rj] = np.nan
+                os[:] = 0.0
+                continue
+            sv = E8M0_MIN_EXP
+            if m > 0:
+                a = _bits_value(m, cm, cb)
+                e = _ilog2(a)
+                sv = e - elem_emax + (1 if a / _exp2(e) > cut else 0)
+                sv = min(max(sv, E8M0_MIN_EXP), E8M0_MAX_EXP)
+            scales[rj] = _exp2(sv)
+            if fast32:  # the same rounding in float32 arithmetic (see the docstring)
+                inv32 = np.float32(_exp2(-sv))
+                for i in range(xs.size):
+                    y32 = xs[i] * inv32
+                    p32 = np.int32(np.float32(y32).view(np.int32) & np.int32(0x7F800000))
+                    c32 = p32.view(np.float32) * kq32
+                    c32 = c32 if c32 > c032 else c032
+                    v32 = (y32 + c32) - c32
+                    v32 = v32 if v32 < maxv32 else maxv32
+                    v32 = v32 if v32 > -maxv32 else -maxv32
+                    os[i] = math.copysign(v32, y32)
+            elif fast:
+                inv = _exp2(-sv)
+                for i in range(xs.size):
+                    y = float(xs[i]) * inv
+                    p = float(np.int64(np.float64(y).view(np.int64) & _EXP_MASK).view(np.float64))
+                    c = p * kq
+                    c = c if c > c0 else c0
+                    v = (y + c) - c
+                    v = v if v < maxv else maxv
+                    v = v if v > -maxv else -maxv
+                    os[i] = math.copysign(v, y)
+            else:
+                for i in range(xs.size):
+                    w = int(ws[i]) if mode == 6 else 0
+                    os[i] = _round_pow2(np.int64(xb[i]), sv, w, cm, cb, man_bits, emin, maxv,
+                                        mode, sr_bits, saturate, over, neg_zero,
+                                        subnormals)  # fmt: skip
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _div_rne_exact(a: float, dv: float, man_bits: int, emin: int) -> float:
-    """rne(a / dv) for a > 0 by exact remainders (the slow path of :func:`_rne_div_loop`)."""
+    """rne(a / dv) for a > 0 by exact remainders (products exact: see :func:`_round_div`)."""
     e = _ilog2(a / dv)
     if _exp2(e) * dv > a:
         e -= 1
@@ -660,75 +805,202 @@ def _div_rne_exact(a: float, dv: float, man_bits: int, emin: int) -> float:
     return (k + 1.0) * g if up else k * g
 
 
-def _rne_div_loop(
+@numba.njit(cache=True, inline="always")
+def _e4m3_scale(a: float, dv: float, rinv: float, sman: int, semin: int, smax: float) -> float:
+    """``rne_satfinite(a / dv)`` in the scale format (``sman`` fraction bits, ``semin``, max
+    ``smax``) for a > 0 and dv > 0, with ``rinv`` = fl(1 / dv).
+
+    ``q = a * rinv`` is within a few ulps of a / dv. Quotients far outside the format's range
+    are settled from q (above twice the max: the max; below a quarter of the smallest
+    subnormal: 0). Otherwise a candidate v is q rounded to the format's grid (the magic
+    constant of :func:`_quantize_pow2_loop`); it is the correct rounding of a / dv iff a lies
+    strictly between ``(v - h_lo) * dv`` and ``(v + g/2) * dv``, g the spacing at v and
+    ``h_lo = g/4`` at a power of two above the subnormals (the gap below is half), else g/2:
+    products of at most sman + 3 and 26 bits, exact. A failed test (a tie or a near-tie) takes
+    :func:`_div_rne_exact`, with a and dv first brought above float64's subnormals by one power
+    of two (the quotient is unchanged).
+    """
+    q = a * rinv
+    if q >= 2.0 * smax:
+        return smax
+    if q < _exp2(semin - sman - 2):
+        return 0.0
+    g = _exp2(max(_ilog2(q), semin) - sman)
+    c = g * 6755399441055744.0  # 1.5 * 2**52 * g
+    v = (q + c) - c
+    if v == 0.0:
+        ok = a < 0.5 * g * dv
+    else:
+        ev = _ilog2(v)
+        gv = _exp2(max(ev, semin) - sman)
+        h_lo = 0.25 * gv if (ev > semin and v == _exp2(ev)) else 0.5 * gv
+        ok = (v - h_lo) * dv < a < (v + 0.5 * gv) * dv
+    if not ok:
+        if a < _exp2(-900):
+            a *= _exp2(600)
+            dv *= _exp2(600)
+        v = _div_rne_exact(a, dv, sman, semin)
+    return min(v, smax)
+
+
+def _quantize_div_loop(
     x: NDArray[Any],
-    d: F64,
+    xbits: NDArray[Any],
+    words: NDArray[np.uint64],
     out: NDArray[Any],
+    scales: F64,
+    exact: NDArray[np.bool_],
+    n: int,
+    t: float,
+    targets: F64,
     block: int,
+    absmask: int,
+    infbits: int,
+    cm: int,
+    cb: int,
+    sman: int,
+    semin: int,
+    smax: float,
+    vals: F64,
+    fp4: bool,
     man_bits: int,
     emin: int,
     maxv: float,
+    mode: int,
+    sr_bits: int,
+    saturate: bool,
+    over: float,
+    neg_zero: bool,
+    subnormals: bool,
 ) -> None:
-    """Nearest-even, saturating: out = clamp(rne(x / d[block])) for any d > 0 (else zeros).
+    """One pass per block of an e4m3-scaled format: block amax, scale, elements.
 
-    A candidate r is rounded from ``|x| * (1 / d)`` (float64, off by a few ulps) with the
-    magic constant of :func:`_rne_pow2_loop`; it is the correct rounding of the exact
-    quotient iff |x| lies strictly between ``(r - h_lo) d`` and ``(r + g/2) d``, with
-    ``h_lo = g/4`` when r is a power of two above the subnormal range (the gap below it is
-    half) and ``g/2`` otherwise: products of at most 31 + 28 bits, exact in float64. Elements
-    that fail the test (ties and near-ties, a few in a million) take the exact path.
+    Per block: ``m`` = the largest bits of |x| (NaN or inf: a NaN scale and zero elements);
+    for each target T, ``S = e4m3_rne_satfinite(a / (T * t))`` (:func:`_e4m3_scale`; 0 for
+    a = 0, and, with t = 0, ``smax`` for a > 0 and NaN for a = 0); ``d = S * t`` (exact: 4 + 24
+    bits), zero elements if d is 0 or NaN. With several targets, each later candidate replaces
+    the best so far iff ``D = sum (x_i - v_i)**2 - sum (x_i - b_i)**2 < 0`` (v, b the
+    dequantised elements ``e * S * t``, exact), evaluated as ``sum (b_i - v_i)(2 x_i - b_i -
+    v_i)`` in float64 with the bound ``(block + 8) * 2**-52 * sum |b_i - v_i| (|2 x_i| + |b_i +
+    v_i|)`` on its rounding error (a few roundings per term and one per addition, with a margin
+    of two); a block with ``|D| <= bound`` (bound > 0) is marked in ``exact`` for the caller to
+    decide in rationals; bound = 0 means every term is exactly 0, a tie, which keeps the best.
+    Elements: on the fp4 path (nearest-even, saturating, a 4-bit
+    element format with subnormals, -0 and eight non-negative values v_0 < ... < v_7), |x| is
+    compared with the seven midpoints ``(v_k + v_(k+1)) / 2 * d`` (products of at most 3 + 28
+    bits, exact), ties going to the even code (down after v_0, v_2, v_4, v_6, up after v_1,
+    v_3, v_5), and the element is the sum of the steps ``v_(k+1) - v_k`` passed, with x's
+    sign: branch-free, and values beyond the last midpoint saturate to v_7. Any other mode:
+    :func:`_round_div`.
     """
-    rows, n = x.shape
-    nb = d.shape[1]
-    for rj in numba.prange(rows * nb):
-        r = rj // nb
-        dv = d[r, rj - r * nb]
-        lo = (rj - r * nb) * block
-        hi = min(n, lo + block)
-        if not (dv > 0.0 and dv < np.inf):
-            for i in range(lo, hi):
-                out[r, i] = 0.0
-            continue
-        rinv = 1.0 / dv
-        for i in range(lo, hi):
-            xv = np.float64(x[r, i])
-            a = abs(xv)
-            y = a * rinv
-            ey = int((np.float64(y).view(np.int64) >> 52) & 2047)
-            eg = max(ey, emin + 1023) - man_bits  # biased exponent of g
-            g = np.int64(eg << 52).view(np.float64)
-            c = g * 6755399441055744.0  # 1.5 * 2**52 * g
-            v = (y + c) - c
-            h_lo = (
-                0.25 * g if (v == 2.0 * g * _exp2(man_bits - 1) and ey > emin + 1023) else (0.5 * g)
-            )
-            if not ((v - h_lo) * dv < a < (v + 0.5 * g) * dv or (v == 0.0 and a < 0.5 * g * dv)):
-                v = _div_rne_exact(a, dv, man_bits, emin) if a > 0.0 else 0.0
-            v = min(v, maxv)
-            out[r, i] = math.copysign(v, xv)
+    nb = -(-n // block)
+    s1, s2, s3, s4 = vals[1] - vals[0], vals[2] - vals[1], vals[3] - vals[2], vals[4] - vals[3]
+    s5, s6, s7 = vals[5] - vals[4], vals[6] - vals[5], vals[7] - vals[6]
+    m0, m1, m2, m3 = (
+        (vals[0] + vals[1]) / 2,
+        (vals[1] + vals[2]) / 2,
+        (vals[2] + vals[3]) / 2,
+        (vals[3] + vals[4]) / 2,
+    )
+    m4, m5, m6 = (vals[4] + vals[5]) / 2, (vals[5] + vals[6]) / 2, (vals[6] + vals[7]) / 2
+    rinvs = np.zeros(targets.size)
+    for c in range(targets.size):
+        if targets[c] * t > 0.0:
+            rinvs[c] = 1.0 / (targets[c] * t)
+    slack = (block + 8) * _exp2(-52)
+    # rows in parallel, blocks in turn: no integer division per block
+    rows = scales.size // nb if nb > 0 else 0
+    for r in numba.prange(rows):
+        buf = np.empty(block, out.dtype)
+        for j in range(nb):
+            rj = r * nb + j
+            lo = r * n + j * block
+            hi = min(r * n + n, lo + block)
+            xs, xb, os = x[lo:hi], xbits[lo:hi], out[lo:hi]
+            ws = words[lo:hi] if mode == 6 else words
+            m = _block_abs_bits(xb, absmask)
+            if m >= infbits:
+                scales[rj] = np.nan
+                os[:] = 0.0
+                continue
+            a = _bits_value(m, cm, cb)
+            for c in range(targets.size):
+                dscale = targets[c] * t
+                if dscale == 0.0:
+                    sc = smax if a > 0.0 else np.nan
+                elif a == 0.0:
+                    sc = 0.0
+                else:
+                    sc = _e4m3_scale(a, dscale, rinvs[c], sman, semin, smax)
+                dst = os if c == 0 else buf[: hi - lo]
+                d = sc * t
+                if not d > 0.0:
+                    dst[:] = 0.0
+                elif fp4:
+                    t0, t1, t2, t3 = m0 * d, m1 * d, m2 * d, m3 * d
+                    t4, t5, t6 = m4 * d, m5 * d, m6 * d
+                    for i in range(xs.size):
+                        xv = np.float64(xs[i])
+                        u = abs(xv)
+                        v = (
+                            (s1 if u > t0 else 0.0)
+                            + (s2 if u >= t1 else 0.0)
+                            + (s3 if u > t2 else 0.0)
+                            + (s4 if u >= t3 else 0.0)
+                            + (s5 if u > t4 else 0.0)
+                            + (s6 if u >= t5 else 0.0)
+                            + (s7 if u > t6 else 0.0)
+                        )
+                        dst[i] = math.copysign(v, xv)
+                else:
+                    for i in range(xs.size):
+                        w = int(ws[i]) if mode == 6 else 0
+                        dst[i] = _round_div(np.float64(xs[i]), d, w, man_bits, emin, maxv, mode,
+                                            sr_bits, saturate, over, neg_zero,
+                                            subnormals)  # fmt: skip
+                if c == 0:
+                    scales[rj] = sc
+                    continue
+                # D = sum (e_new**2 - e_best**2) = sum delta * sigma, with its rounding bound
+                tb = scales[rj] * t if scales[rj] > 0.0 else 0.0
+                tn = sc * t if sc > 0.0 else 0.0
+                dsum = 0.0
+                bound = 0.0
+                for i in range(xs.size):
+                    x2v = 2.0 * np.float64(xs[i])
+                    vb = np.float64(os[i]) * tb
+                    vn = np.float64(dst[i]) * tn
+                    delta = vb - vn
+                    wsum = vb + vn
+                    dsum += delta * (x2v - wsum)
+                    bound += abs(delta) * (abs(x2v) + abs(wsum))
+                bound *= slack
+                if dsum < -bound:
+                    os[:] = dst
+                    scales[rj] = sc
+                elif bound > 0.0 and abs(dsum) <= bound:
+                    exact[rj] = True
+
+
+def _dequantize_loop(el: NDArray[Any], sc: F64, out: F64, n: int, block: int, t: float) -> None:
+    """out = el * (sc[block] * t) on flat rows of n (every product exact: see dequantize)."""
+    nb = -(-n // block)
+    rows = sc.size // nb if nb > 0 else 0
+    for r in numba.prange(rows):
+        for j in range(nb):
+            lo = r * n + j * block
+            hi = min(r * n + n, lo + block)
+            f = sc[r * nb + j] * t
+            es, os = el[lo:hi], out[lo:hi]
+            for i in range(es.size):
+                os[i] = float(es[i]) * f
 
 
 _amax_par, _amax_ser = parallel_and_serial(_amax_loop)
-_rnediv_par, _rnediv_ser = parallel_and_serial(_rne_div_loop)
-_rne_par, _rne_ser = parallel_and_serial(_rne_pow2_loop)
-_pow2_par, _pow2_ser = parallel_and_serial(_round_pow2_loop)
-_round_par, _round_ser = parallel_and_serial(_round_loop)
-
-
-def _scale_exponents(amax: NDArray[Any], elem: Format, rounding: ScaleRounding) -> NDArray[Any]:
-    """Vectorised e8m0 scale exponents (int32) from block maxima, clamped; -127 for 0."""
-    pos = np.isfinite(amax) & (amax > 0)
-    mant, e2 = np.frexp(np.where(pos, amax, 1.0))
-    sig = 2.0 * mant  # significand in [1, 2)
-    s = e2.astype(np.int32) - 1 - elem.emax
-    if rounding is ScaleRounding.CEIL:
-        s += sig > 1.0
-    elif rounding is ScaleRounding.EVEN:
-        s += sig > 2.0 - 2.0 ** -(elem.man_bits + 1)
-    elif rounding is ScaleRounding.RCEIL:
-        s += sig > elem.max / 2.0**elem.emax
-    s = np.clip(s, E8M0_MIN_EXP, E8M0_MAX_EXP)
-    return np.where(pos, s, E8M0_MIN_EXP).astype(np.int32)
+_deq_par, _deq_ser = parallel_and_serial(_dequantize_loop)
+_famax_par, _famax_ser = parallel_and_serial(_finite_amax_loop)
+_qpow2_par, _qpow2_ser = parallel_and_serial(_quantize_pow2_loop)
+_qdiv_par, _qdiv_ser = parallel_and_serial(_quantize_div_loop)
 
 
 @dataclass(frozen=True)
@@ -782,8 +1054,16 @@ class BlockTensor:
         return np.asarray(rep * self.tensor_scale, dtype=np.float64)
 
     def dequantize(self) -> F64:
-        """``elements * block_scale * tensor_scale`` in float64 (exact: at most 2+4+24 bits)."""
-        return np.asarray(self.elements.astype(np.float64) * self.full_scales(), dtype=np.float64)
+        """``elements * (block_scale * tensor_scale)`` in float64 (exact: at most 2+4+24 bits),
+        one compiled pass over the elements; NaN where the block scale is NaN."""
+        ax = self.bfmt.axis % self.elements.ndim
+        el = np.ascontiguousarray(np.moveaxis(self.elements, ax, -1))
+        sc = np.ascontiguousarray(np.moveaxis(self.scales, ax, -1), dtype=np.float64)
+        out = np.empty(el.shape)
+        loop = _deq_par if use_parallel(el.size) else _deq_ser
+        loop(el.reshape(-1), sc.reshape(-1), out.reshape(-1), el.shape[-1], self.bfmt.block,
+             float(self.tensor_scale))  # fmt: skip
+        return np.ascontiguousarray(np.moveaxis(out, -1, ax))
 
     def encode(self) -> Encoded:
         """The packed element codes, the scale codes and the tensor scale's fp32 bits."""
@@ -901,52 +1181,91 @@ def quantize(
             raise LowprecError(f"sr_bits={sr_bits!r}; expected 1..24")
         w = rng.integers(0, 1 << int(sr_bits), size=arr.shape, dtype=np.uint64)
         words = np.ascontiguousarray(np.moveaxis(np.asarray(w), ax, -1)).reshape(-1, n)
-    amax = _amax_rows(x2, b.block)  # (rows, nb)
-    finite = np.isfinite(amax)
+    bits = _Bits.of(x2)
+    par = use_parallel(x2.size)
+    out = np.empty_like(x2)
+    scale = np.empty((x2.shape[0], -(-n // b.block)))  # (rows, nb)
+    over = np.inf if elem.has_inf else (np.nan if elem.has_nan else elem.max)
+    tail = (elem.man_bits, elem.emin, elem.max, _MODE[mode], int(sr_bits), b.saturate, over,
+            elem.negative_zero, elem.subnormals)  # fmt: skip
+    head = (x2.reshape(-1), bits.view.reshape(-1), words.reshape(-1))
+    masks = (b.block, bits.absmask, bits.infbits, bits.cm, bits.cb)
+    fast = mode is Rounding.NEAREST_EVEN and b.saturate and elem.subnormals and elem.negative_zero
     tscale = 1.0
     if sf == e8m0:
-        scale = np.ldexp(1.0, _scale_exponents(amax, elem, sr))
-        d = scale
+        fast &= elem.emin - elem.man_bits > -120 and elem.man_bits < 50
+        cut = _CUT[sr](elem)
+        loop = _qpow2_par if par else _qpow2_ser
+        # float32 x: the fast rounding in float32 is exact too (see _quantize_pow2_loop)
+        fast32 = fast and x2.dtype == np.float32 and elem.man_bits <= 20
+        loop(*head, out.reshape(-1), scale.reshape(-1), n, *masks, cut, elem.emax, fast, fast32,
+             *tail)  # fmt: skip
     else:
         if b.tensor_scale:
-            big = float(np.max(amax, where=finite, initial=0.0))
-            if not finite.all():
-                big = float(np.max(np.abs(arr), where=np.isfinite(arr), initial=0.0))
+            big = _finite_amax(bits, par)
             if big > 0:
-                den = np.asarray(elem.max * sf.max)
+                den = np.asarray(elem.max * _scale_top(b))
                 tscale = float(round_to(divide_round_odd(np.asarray(big), den), fp32))
-        safe = np.where(finite, amax, 0.0)
-        ratio = divide_round_odd(safe, np.asarray(elem.max * tscale))
-        scale = np.asarray(round_to(ratio, sf, saturate=True), dtype=np.float64)
-        d = scale * tscale  # exact: 4 + 24 significant bits
-    scale = np.where(finite, scale, np.nan)
-    out = np.empty_like(x2)
-    over = np.inf if elem.has_inf else (np.nan if elem.has_nan else elem.max)
-    par = use_parallel(x2.size)
-    tail = (b.block, elem.man_bits, elem.emin, elem.max, _MODE[mode], int(sr_bits), b.saturate,
-            over, elem.negative_zero, elem.subnormals)  # fmt: skip
-    fast = mode is Rounding.NEAREST_EVEN and b.saturate and elem.subnormals and elem.negative_zero
-    if sf == e8m0 and fast and elem.emin - elem.man_bits > -120 and elem.man_bits < 50:
-        inv = np.where(finite, np.ldexp(1.0, -_scale_exponents(amax, elem, sr)), 0.0)
-        (_rne_par if par else _rne_ser)(x2, inv, out, b.block, elem.man_bits, elem.emin, elem.max)
-    elif sf == e8m0:
-        sexp = np.where(finite, _scale_exponents(amax, elem, sr), _NO_SCALE).astype(np.int32)
-        cm, cb = (52, 1023) if x2.dtype == np.float64 else (23, 127)
-        xbits = x2.view(np.int64 if cm == 52 else np.int32)
-        (_pow2_par if par else _pow2_ser)(xbits, sexp, words, out, tail[0], cm, cb, *tail[1:])
-    elif fast and elem.emin - elem.man_bits > -1000 and elem.man_bits < 24:
-        d = np.where(finite, d, np.nan)
-        loop = _rnediv_par if par else _rnediv_ser
-        loop(x2, d, out, b.block, elem.man_bits, elem.emin, elem.max)
-    else:
-        d = np.where(finite, d, np.nan)
-        (_round_par if par else _round_ser)(x2, d, words, out, *tail)
+        fp4 = fast and elem.bits == 4 and not (elem.has_inf or elem.has_nan)
+        vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem) if fp4 else np.zeros(8))
+        loop = _qdiv_par if par else _qdiv_ser
+        targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
+        exact = np.zeros(scale.size, dtype=np.bool_)
+        loop(*head, out.reshape(-1), scale.reshape(-1), exact, n, tscale, targets, *masks,
+             sf.man_bits, sf.emin, sf.max, vals, fp4, *tail)  # fmt: skip
+        for rj in np.flatnonzero(exact):  # near-ties of the squared errors: the spec decides
+            r, j = divmod(int(rj), scale.shape[1])
+            sl = slice(j * b.block, min(n, (j + 1) * b.block))
+            rw = words[r, sl].tolist() if mode is Rounding.STOCHASTIC else None
+            s_exact, e_exact = quantize_block_spec(x2[r, sl].tolist(), b, mode,
+                                                   tensor_scale=tscale, rand_words=rw,
+                                                   sr_bits=int(sr_bits))  # fmt: skip
+            scale[r, j] = s_exact
+            out[r, sl] = e_exact
     elements = np.moveaxis(out.reshape(moved.shape), -1, ax)
     scales = np.moveaxis(scale.reshape(*moved.shape[:-1], -1), -1, ax)
     return BlockTensor(np.ascontiguousarray(elements), np.ascontiguousarray(scales), tscale, b)
 
 
+@dataclass(frozen=True)
+class _Bits:
+    """A float array's bits as signed integers, with the masks of its format."""
+
+    view: NDArray[Any]
+    absmask: int  # all bits but the sign
+    infbits: int  # the bits of +inf (larger: NaN)
+    cm: int  # fraction bits
+    cb: int  # exponent bias
+
+    @staticmethod
+    def of(x2: NDArray[Any]) -> _Bits:
+        if x2.dtype == np.float64:
+            return _Bits(x2.view(np.int64), (1 << 63) - 1, 0x7FF << 52, 52, 1023)
+        return _Bits(x2.view(np.int32), (1 << 31) - 1, 0xFF << 23, 23, 127)
+
+
+def _finite_amax(bits: _Bits, par: bool) -> float:
+    """max |x| over the finite values of x (0 if none)."""
+    rows = np.empty(bits.view.shape[0], np.int64)
+    loop = _famax_par if par else _famax_ser
+    loop(bits.view.reshape(-1), bits.view.shape[1], rows, bits.absmask, bits.infbits)
+    top = np.asarray(rows.max(initial=0)).astype(bits.view.dtype)
+    return float(top.view(np.float64 if bits.cm == 52 else np.float32))
+
+
+_CUT = {
+    ScaleRounding.FLOOR: lambda elem: math.inf,
+    ScaleRounding.CEIL: lambda elem: 1.0,
+    ScaleRounding.EVEN: lambda elem: 2.0 - 2.0 ** -(elem.man_bits + 1),
+    ScaleRounding.RCEIL: lambda elem: elem.max / 2.0**elem.emax,
+}
+"""The significand of the block max above which each e8m0 rule adds one to floor's exponent."""
+
+
 def _amax_rows(x2: NDArray[Any], block: int) -> F64:
     out = np.empty((x2.shape[0], -(-x2.shape[1] // block)))
-    (_amax_par if use_parallel(x2.size) else _amax_ser)(x2, block, out)
+    bits = _Bits.of(x2)
+    loop = _amax_par if use_parallel(x2.size) else _amax_ser
+    loop(bits.view.reshape(-1), x2.shape[1], block, out.reshape(-1), bits.absmask, bits.infbits,
+         bits.cm, bits.cb)  # fmt: skip
     return out

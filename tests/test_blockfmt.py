@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from fractions import Fraction
@@ -22,6 +23,7 @@ from lowprec.blockfmt import (
     mxfp4,
     mxfp8_e4m3,
     nvfp4,
+    nvfp4_4over6,
     quantize,
     quantize_block_spec,
     scale_exponent_spec,
@@ -33,11 +35,11 @@ from lowprec.rounding import encode
 from lowprec.testing import same_bits
 
 MX = [b for b in BLOCK_FORMATS.values() if b.name.startswith("mx")]
-ALL_VARIANTS = [b.with_rounding(r) for b in MX for r in POW2_ROUNDINGS] + [nvfp4]
+ALL_VARIANTS = [b.with_rounding(r) for b in MX for r in POW2_ROUNDINGS] + [nvfp4, nvfp4_4over6]
 MODES = list(Rounding)
 
 
-def spec_quantize(x, bfmt, mode, words=None):
+def spec_quantize(x, bfmt, mode, words=None, sr_bits=8):
     """Block by block through quantize_block_spec: (elements, scales, tensor scale)."""
     b = get_block_format(bfmt)
     ax = b.axis % x.ndim
@@ -53,20 +55,20 @@ def spec_quantize(x, bfmt, mode, words=None):
             sl = slice(j * b.block, min(n, (j + 1) * b.block))
             w = None if wmoved is None else wmoved[idx][sl].tolist()
             s, e = quantize_block_spec(moved[idx][sl].tolist(), b, mode, tensor_scale=t,
-                                       rand_words=w)  # fmt: skip
+                                       rand_words=w, sr_bits=sr_bits)  # fmt: skip
             scales[(*idx, j)] = s
             elems[idx][sl] = e
     return np.moveaxis(elems, -1, ax), np.moveaxis(scales, -1, ax), t
 
 
-def check_against_spec(x, bfmt, mode, seed=1):
+def check_against_spec(x, bfmt, mode, seed=1, sr_bits=8):
     words = None
     rng = None
     if Rounding.parse(mode) is Rounding.STOCHASTIC:
         rng = np.random.default_rng(seed)
-        words = np.random.default_rng(seed).integers(0, 256, size=x.shape, dtype=np.uint64)
-    got = quantize(x, bfmt, mode, rng=rng)
-    e, s, t = spec_quantize(x, bfmt, mode, words)
+        words = np.random.default_rng(seed).integers(0, 2**sr_bits, size=x.shape, dtype=np.uint64)
+    got = quantize(x, bfmt, mode, rng=rng, sr_bits=sr_bits)
+    e, s, t = spec_quantize(x, bfmt, mode, words, sr_bits)
     assert got.tensor_scale == t
     ok_s = same_bits(got.scales, s)
     assert ok_s.all(), f"{bfmt!r} {mode}: scales differ at {np.argwhere(~ok_s)[:3].tolist()}"
@@ -368,3 +370,167 @@ def test_ties_and_near_ties_under_a_non_power_of_two_scale(mode):
     x[1::2, 1:] *= -1
     got = check_against_spec(x, b, mode)
     assert (got.scales == 1.125).all()
+
+
+# ---- the fused loops against the spec, N-d operands, Four Over Six ---------------------------
+
+
+@pytest.mark.parametrize("bfmt", ALL_VARIANTS, ids=repr)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_fused_matches_spec_randomized(rng, bfmt, mode):
+    """Random shapes with ragged last blocks: 2-d along axis 0 (float64) and axis -1 (float32),
+    3-d along a random axis; a random number of SR bits: the fused loops against the spec, bit
+    for bit."""
+    for trial, (nd, ax) in enumerate([(2, 0), (2, -1), (3, int(rng.integers(-3, 3)))]):
+        shape = [int(v) for v in rng.integers(1, 4, size=nd)]
+        shape[ax] = int(rng.integers(1, 3)) * bfmt.block + int(rng.integers(1, bfmt.block))
+        x = heavy_tailed(rng, tuple(shape))
+        if trial == 1:
+            x = x.astype(np.float32)
+        bits = int(rng.integers(1, 25))
+        got = check_against_spec(x, bfmt.with_axis(ax), mode, seed=trial, sr_bits=bits)
+        assert got.elements.dtype == x.dtype
+        want = list(x.shape)
+        want[ax] = -(-x.shape[ax] // bfmt.block)
+        assert got.scales.shape == tuple(want)
+
+
+@pytest.mark.parametrize("bfmt", [mxfp8_e4m3, mxfp4, nvfp4, nvfp4_4over6], ids=repr)
+def test_nd_operands_along_every_axis(rng, bfmt):
+    """A (2, 3, 37, 5) array quantised along each axis equals the 2-d quantisation of the same
+    blocks laid out as rows; dequantize is exact and keeps the shape."""
+    x = heavy_tailed(rng, (2, 3, 37, 5))
+    for ax in range(-x.ndim, x.ndim):
+        b = bfmt.with_axis(ax)
+        got = quantize(x, b)
+        assert got.shape == x.shape
+        moved = np.moveaxis(x, ax, -1)
+        rows = quantize(moved.reshape(-1, moved.shape[-1]), bfmt)  # blocks along the rows
+        want_e = np.moveaxis(rows.elements.reshape(moved.shape), -1, ax)
+        want_s = np.moveaxis(rows.scales.reshape(*moved.shape[:-1], -1), -1, ax)
+        assert same_bits(got.elements, want_e).all()
+        assert same_bits(got.scales, want_s).all()
+        assert got.tensor_scale == rows.tensor_scale
+        deq = got.dequantize()
+        assert deq.shape == x.shape
+        el, fs = got.elements.reshape(-1).tolist(), got.full_scales().reshape(-1).tolist()
+        exact = [float(Fraction(e) * Fraction(s)) for e, s in zip(el, fs, strict=True)]
+        assert np.array_equal(deq.reshape(-1), np.array(exact))
+        assert np.array_equal(np.signbit(deq), np.signbit(got.elements))
+    check_against_spec(x[:, :, :, :2], bfmt.with_axis(2), "rne")
+
+
+def test_e4m3_scale_at_its_ties_and_range_ends():
+    """Block maxima putting a / 6 at every e4m3 midpoint and one float64 ulp either side, at
+    the saturation edge (448 .. 480) and among e4m3 subnormals: scales equal the spec's."""
+    b = BlockFormat("nvfp4_no_t", "fp4_e2m1", 16, "fp8_e4m3fn", "rne")
+    vals = sorted({v for v in all_values("fp8_e4m3fn") if math.isfinite(v) and v >= 0})
+    qs = [(p + q) / 2 for p, q in itertools.pairwise(vals)] + [448.0, 464.0, 479.0, 480.0, 1e4]
+    maxima = []
+    for q in qs:
+        a = q * 6.0  # exact
+        maxima += [a, math.nextafter(a, 0.0), math.nextafter(a, math.inf)]
+    x = np.zeros((len(maxima), b.block))
+    x[:, 0] = maxima
+    x[:, 1] = -np.array(maxima) / 7
+    for mode in (Rounding.NEAREST_EVEN, Rounding.TOWARD_ZERO):
+        got = check_against_spec(x, b, mode)
+        assert np.nanmax(got.scales) == 448.0
+
+
+def _four_six_tensor(rows):
+    """Blocks of nvfp4_4over6 with tensor scale 1: each row of ``rows`` padded with zeros,
+    plus a row holding 6 * 256 (so t = fp32(A / (6 * 256)) = 1)."""
+    x = np.zeros((len(rows) + 1, 16))
+    for i, r in enumerate(rows):
+        x[i, : len(r)] = r
+    x[-1, 0] = 6.0 * 256
+    return x
+
+
+def test_four_over_six_picks_the_lower_squared_error():
+    """With t = 1: S6 = e4m3(a / 6), S4 = e4m3(a / 4); the block takes the scale whose elements
+    have the smaller sum of squared errors, the 6 scale on a tie."""
+    rows = [
+        [1536.0, 1280.0],  # 6: 1280/256 = 5 -> 4 (err 256); 4: 1280/384 -> 3 (err 128): 4 wins
+        [1536.0, 256.0],  # 6: exact; 4: 256/384 -> 0.5 (err 64): 6 wins
+        [1536.0, 768.0],  # both exact: a tie, 6
+        [1536.0, 64.0],  # both round 64 to 0 (err 64): a tie, 6
+        [1536.0, 256.0, 256.0, 256.0, 256.0, 1152.0],  # 4 * 64**2 == 128**2: a tie, 6
+        [1536.0, 256.0, 256.0, 256.0, 1152.0],  # 3 * 64**2 < 128**2: 4 wins
+    ]
+    x = _four_six_tensor(rows)
+    got = check_against_spec(x, nvfp4_4over6, "rne")
+    assert got.tensor_scale == 1.0
+    assert got.scales[:, 0].tolist() == [384.0, 256.0, 256.0, 256.0, 256.0, 384.0, 256.0]
+    assert got.dequantize()[0, :2].tolist() == [1536.0, 1152.0]
+    plain = quantize(x, dataclasses.replace(nvfp4_4over6, name="six", targets=()))
+    assert (plain.scales[:, 0] == 256.0).all()  # targets () is the 6 scale alone
+    for i in range(len(rows)):
+        err = [
+            sum(
+                (Fraction(v) - Fraction(e)) ** 2
+                for v, e in zip(x[i], t.dequantize()[i], strict=True)
+            )
+            for t in (got, plain)
+        ]
+        assert err[0] <= err[1]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_four_over_six_random_blocks(rng, mode):
+    x = heavy_tailed(rng, (6, 3 * 16 + 7))
+    got = check_against_spec(x, nvfp4_4over6, mode)
+    amax = np.abs(x).max()
+    assert got.tensor_scale == tensor_scale_spec(x.reshape(-1).tolist(), nvfp4_4over6)
+    assert got.tensor_scale == float(np.float32(amax / (6 * 256)))
+    assert np.nanmax(got.scales) <= 448.0
+    if mode is Rounding.NEAREST_EVEN:  # the paper's setting: both candidates occur here
+        six = quantize(x, dataclasses.replace(nvfp4_4over6, targets=()))
+        picked4 = got.scales != six.scales
+        assert picked4.any() and not picked4.all()
+
+
+def test_four_over_six_config():
+    with pytest.raises(ConfigError):
+        BlockFormat("x", "fp4_e2m1", 32, "e8m0", targets=(6.0, 4.0))
+    with pytest.raises(ConfigError):
+        dataclasses.replace(nvfp4, targets=(7.0,))
+    with pytest.raises(ConfigError):
+        dataclasses.replace(nvfp4, scale_top=500.0)
+    assert get_block_format("nvfp4_4over6") is nvfp4_4over6
+    assert repr(nvfp4_4over6) == "nvfp4_4over6"
+    assert "targets=(6.0, 4.0)" in repr(nvfp4_4over6.with_axis(0))
+
+
+@pytest.mark.parametrize("bfmt", MX, ids=repr)
+def test_float32_fast_path_at_underflow_and_ties(bfmt):
+    """float32 blocks whose scaled elements underflow float32 (a max of 2**100 beside 2**-100
+    and float32 subnormals), and element ties after scaling: nearest-even against the spec."""
+    elem = bfmt.elem
+    x = np.zeros((3, bfmt.block), dtype=np.float32)
+    x[0, :6] = [2.0**100, 2.0**-100, -(2.0**-140), 2.0**-149, -0.0, 3.0 * 2.0**-127]
+    x[1, :2] = [2.0**-126, 2.0**-149]  # a subnormal-range block: the scale clamps at 2**-127
+    vals = sorted({v for v in all_values(elem) if math.isfinite(v) and v >= 0})
+    mids = [(p + q) / 2 for p, q in itertools.pairwise(vals)][: bfmt.block - 1]
+    x[2, 0] = elem.max  # scale 1 under floor
+    x[2, 1 : 1 + len(mids)] = mids
+    for b in (bfmt, bfmt.with_rounding("rceil")):
+        got = check_against_spec(x, b, "rne")
+        assert got.elements.dtype == np.float32
+        assert np.signbit(got.elements[0, 2]) and np.signbit(got.elements[0, 4])
+
+
+def test_block_amax_special_values():
+    x = np.zeros((4, 40))
+    x[0, 3] = -7.5
+    x[1, 5] = np.nan
+    x[2, 35] = -np.inf
+    x[3, :] = 5e-324
+    for dtype in (np.float64, np.float32):
+        am = block_amax(x.astype(dtype), mxfp4)  # (4, 2): blocks of 32 and a ragged 8
+        assert am.shape == (4, 2)
+        assert am[0].tolist() == [7.5, 0.0]
+        assert np.isnan(am[1, 0]) and am[1, 1] == 0.0
+        assert am[2, 0] == 0.0 and am[2, 1] == np.inf
+        assert am[3].tolist() == [float(dtype(5e-324))] * 2

@@ -17,8 +17,9 @@ def test_tiny_run_is_deterministic_and_complete() -> None:
     assert r1.canonical_json() == r2.canonical_json()
     names = set(r1.metrics["rel_fro_at_kmax"])
     assert {"fp8 per-tensor", "DeepSeek 1x128/128x128", "nvfp4 + RHT", "nvfp4, SR of B"} <= names
+    assert {"nvfp4", "nvfp4_4over6"} <= names
     assert all(f"mxfp4 {r}" in names for r in ("floor", "ceil", "even", "rceil"))
-    assert len(r1.checks) == 5
+    assert len(r1.checks) == 6
     back = r1.metrics["linear_backward_rel_fro"]
     assert set(back) == {"mxfp8 e4m3 floor", "mxfp8 e4m3 rceil", "mxfp8 e4m3, gradients e5m2"}
     assert all(0 < v["dx"] < 0.2 and 0 < v["dw"] < 0.2 for v in back.values())
