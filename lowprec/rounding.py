@@ -39,6 +39,7 @@ lowprec's default is IEEE/OCP non-saturating behaviour; ``saturate=True`` gives 
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,11 @@ def _random_words(rng: np.random.Generator, n: int, bits: int) -> NDArray[Any]:
     return np.asarray(raw, dtype=np.uint64).view(f"<u{width // 8}")[:n]
 
 
+random_words = _random_words
+"""The random words of :func:`round_to`'s stochastic rounding (``rng``, count, bits): public
+for the torch backend, which draws the same words from the same generator."""
+
+
 def round_to(
     x: ArrayLike,
     fmt: Format | str,
@@ -229,6 +235,8 @@ def round_to(
 
     Args:
         x: float64 or float32 array (or number, or list); other float types widen exactly.
+            A torch tensor is rounded on its device by
+            :func:`lowprec.torch_backend.round_tensor` (same bits; a tensor comes back).
         fmt: Target format or its name.
         mode: Rounding mode (member or alias such as ``"rne"``, ``"rtz"``, ``"sr"``).
         saturate: Clamp overflow and infinities to +-max (CUDA ``.satfinite``); NaN stays NaN.
@@ -245,6 +253,11 @@ def round_to(
         LowprecError: Unknown format or mode, non-numeric input, SR without ``rng``, a
             ``rand_bits`` outside 1..64, or a target whose range float32 cannot hold.
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        from lowprec.torch_backend import round_tensor
+
+        return round_tensor(x, fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits)
     fmt = get_format(fmt)
     mode = Rounding.parse(mode)
     arr = as_carrier(x)
