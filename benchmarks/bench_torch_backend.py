@@ -59,9 +59,8 @@ def main() -> int:
             ok &= r <= ROUND_TARGET
             verdict = "PASS" if r <= ROUND_TARGET else "FAIL"
             name = f"round_to f32 2^22 {fmt} {mode}"
-            print(
-                f"{name:34s} {t_np * 1e3:9.1f} {t_t * 1e3:9.1f} {r:7.2f} <={ROUND_TARGET:<5} {verdict}"
-            )
+            row = f"{name:34s} {t_np * 1e3:9.1f} {t_t * 1e3:9.1f} {r:7.2f}"
+            print(f"{row} <={ROUND_TARGET:<5} {verdict}")
     a = np.asarray(round_to(rng.standard_normal((512, 512)), "bf16"))
     b = np.asarray(round_to(rng.standard_normal((512, 512)), "bf16"))
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
