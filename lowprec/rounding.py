@@ -39,6 +39,7 @@ lowprec's default is IEEE/OCP non-saturating behaviour; ``saturate=True`` gives 
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Any
 
 import numpy as np
@@ -223,6 +224,10 @@ is the one a single draw for the whole array gives (a chunk is a whole number of
 _WIDE_CHUNK = 1 << 16
 """Elements rounded at a time in float64 on their way into a float32 ``out``."""
 
+random_words = _random_words
+"""The random words of :func:`round_to`'s stochastic rounding (``rng``, count, bits): public
+for the torch backend, which draws the same words from the same generator."""
+
 
 def round_to(
     x: ArrayLike,
@@ -238,6 +243,8 @@ def round_to(
 
     Args:
         x: float64 or float32 array (or number, or list); other float types widen exactly.
+            A torch tensor is rounded on its device by
+            :func:`lowprec.torch_backend.round_tensor` (same bits; a tensor comes back).
         fmt: Target format or its name.
         mode: Rounding mode (member or alias such as ``"rne"``, ``"rtz"``, ``"sr"``).
         saturate: Clamp overflow and infinities to +-max (CUDA ``.satfinite``); NaN stays NaN.
@@ -261,6 +268,15 @@ def round_to(
             ``rand_bits`` outside 1..64, a target whose range float32 cannot hold, or an
             ``out`` of another shape or dtype, read-only or not contiguous.
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        from lowprec.torch_backend import round_tensor
+
+        if out is not None:
+            raise LowprecError(
+                "round_to: out= takes a numpy array; a torch tensor is rounded into a new tensor"
+            )
+        return round_tensor(x, fmt, mode, saturate=saturate, rng=rng, rand_bits=rand_bits)
     fmt = get_format(fmt)
     mode = Rounding.parse(mode)
     arr = as_carrier(x)

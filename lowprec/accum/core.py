@@ -90,6 +90,7 @@ there).
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
@@ -183,6 +184,14 @@ class AccumModel(ABC):
         None when there is no such single format to name."""
         return None
 
+    def matmul_torch(self, a: Any, b: Any, c: Any) -> Any:
+        """``a @ b + c`` on float64 torch tensors with torch ops on their device, or None.
+
+        None (the default) means the model has no torch path: :meth:`matmul` on tensors then
+        runs the numpy path on host copies (:func:`lowprec.torch_backend.model_matmul`).
+        """
+        return None
+
     def matmul(
         self,
         a: ArrayLike | BlockTensor,
@@ -209,6 +218,13 @@ class AccumModel(ABC):
             ShapeError: If the shapes do not fit together, or ``prepared`` does not fit a.
             LowprecError: Unknown ``out_fmt``, or inputs the model cannot take exactly.
         """
+        torch = sys.modules.get("torch")
+        if torch is not None and any(isinstance(x, torch.Tensor) for x in (a, b, c)):
+            # tensors in, a tensor on their device out (lowprec.torch_backend)
+            from lowprec.torch_backend import model_matmul
+
+            tensor: Any = model_matmul(self, a, b, c, out_fmt=out_fmt, prepared=prepared)
+            return tensor
         if isinstance(a, BlockTensor) or isinstance(b, BlockTensor):
             raise ConfigError(
                 f"{self!r} takes plain arrays; BlockTensor operands need a block-scaled model "
@@ -839,6 +855,15 @@ class RoundOnce(AccumModel):
         if is_exact(fmt):
             return self._matmul(a, b, c)
         return _round_once(a, b, c, fmt, mode, prepared)
+
+    def matmul_torch(self, a: Any, b: Any, c: Any) -> Any:
+        """The same bits on torch tensors: :func:`lowprec.torch_backend.round_once_matmul`."""
+        from lowprec.torch_backend import round_once_matmul
+
+        fmt, mode = _fmt(self.fmt), _mode(self.mode)
+        if is_exact(fmt) and mode is not Rounding.NEAREST_EVEN:
+            raise LowprecError(f"RoundOnce(fp64) supports mode 'rne' only, got {mode.value!r}")
+        return round_once_matmul(a, b, c, fmt, mode)
 
     def prepare(self, a: ArrayLike) -> Prepared | None:
         """a's statistics for the exactness certificate; None for fp64 (no certificate)."""
