@@ -177,6 +177,26 @@ def test_round_once_matches_fraction_reference(rng, kind, in_fmt, fmt, mode):
     assert np.all(_same(got, want)), (kind, np.nonzero(~_same(got, want)))
 
 
+@pytest.mark.parametrize("mode", ["rne", "rtz", "up", "down", "odd", "rna"])
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "fp16", "e4m3"])
+@pytest.mark.parametrize("shape", [(3, 5, 2), (40, 5, 40)])  # the few-outputs path and the other
+def test_round_once_with_only_c_nonzero_is_c_rounded(rng, shape, fmt, mode):
+    """Every product zero (zeros in a or b) and a nonzero c: the exact sum is c, so the
+    result is round_to(c) bit for bit, its sign included (c below the format's quantum
+    rounds to a zero of c's sign). Once, c alone was taken for an exact zero sum."""
+    m, k, n = shape
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((k, n))
+    a[:, ::2] = 0.0
+    b[1::2, :] = 0.0
+    spec = get_format(fmt)
+    c = rng.standard_normal((m, n)) * np.ldexp(1.0, rng.integers(-6, 6, (m, n)))
+    c[0, :] *= spec.smallest_subnormal / 8  # far below the quantum: +-0 or +-min_subnormal
+    got = RoundOnce(fmt, mode).matmul(a, b, c=c)
+    want = np.asarray(round_to(c, spec, mode), dtype=np.float64)
+    assert np.all(_same(got, want)), np.argwhere(~_same(got, want))[:4]
+
+
 def test_round_once_settles_hidden_ties():
     # 1 + 2**-24 is an fp32 tie; the 2**-80 term, lost by any float64 sum, must round it up
     a = np.array([[1.0, 2.0**-24, 2.0**-80]])

@@ -538,18 +538,21 @@ def _exact_one(
     ab = arow.view(np.int64)
     bb = brow.view(np.int64)
     base = np.int64(1 << 30)
-    top = np.int64(-(1 << 30))
+    top = np.int64(-(1 << 30))  # lowest-bit exponent of the widest term, as for a product
+    terms = False
     for k in range(kdim):
         if arow[k] != 0.0 and brow[k] != 0.0:
             e = _split_f64(ab[k])[2] + _split_f64(bb[k])[2]
             base = min(base, e)
             top = max(top, e)
+            terms = True
     if has_c:
         na, sc, ec = _split_f64(cbits)
         if sc != 0:
             base = min(base, ec)
-            top = max(top, ec - 53)
-    if base > top:
+            top = max(top, ec - 53)  # c's 53 bits end where a 106-bit product from ec - 53 does
+            terms = True
+    if not terms:
         return 0.0, np.int64(1)
     ndig = ((top - base + 106 + 64) >> 5) + 4
     for q in range(ndig):
