@@ -189,3 +189,21 @@ def test_twins_release_the_gil_and_carry_their_options_in_the_cache_name():
     names = {par.py_func.__qualname__, ser.py_func.__qualname__}
     _, ser_fast = _jit.parallel_and_serial(_loop, fastmath=True)
     assert len(names | {ser_fast.py_func.__qualname__}) == 3
+
+
+def _sum_into(x: np.ndarray, out: np.ndarray) -> None:
+    for i in range(x.size):
+        out[0] += x[i]
+
+
+def test_twins_compile_once_for_writable_arrays_and_read_only_views_of_them():
+    _, ser = _jit.parallel_and_serial(_sum_into)
+    x, out = np.arange(4.0), np.zeros(1)
+    ser(x, out)
+    ser(np.broadcast_to(x, (4,)), out)  # a read-only view of writable memory
+    assert len(ser.signatures) == 1
+    frozen = np.arange(4.0)
+    frozen.flags.writeable = False  # read-only memory: passed as it is
+    ser(frozen, out)
+    assert len(ser.signatures) == 2
+    assert out[0] == 18.0 and not frozen.flags.writeable

@@ -223,7 +223,45 @@ def _row_scale_round(c: Any, o: Any, out: Any, fa: Any) -> None:
                 out[r, j] = _rne64(cr * o[r, j], rc, tm, temin, max_bits, flags)
 
 
+def _ds_round(
+    p: Any, dp: Any, delta: Any, out: Any, fa: Any, fb: Any, g: Any, amax: Any, ok: Any
+) -> None:
+    """``out = round_b(round_a(p * round_a(dp - delta)))`` per row: p, dp, out (R, C), delta
+    (R,); out int64 bits. Also out's row statistics g, amax, ok (R,) as :func:`_round_two`
+    gives them (g the lower bound ``min E - tb``)."""
+    ta, ea, ma, fla = fa
+    tb, eb, mb, flb = fb
+    ra = rne_setup(52, 11, 1023, ta, ea, fla)
+    rb = rne_setup(52, 11, 1023, tb, eb, flb)
+    for r in numba.prange(p.shape[0]):
+        dr = delta[r]
+        bad = np.int64(0)
+        for j in range(p.shape[1]):
+            b1, bad1 = _rne_quick(np.float64(dp[r, j] - dr).view(np.int64), ra, ma)
+            x2 = p[r, j] * np.int64(b1).view(np.float64)
+            b2, bad2 = _rne_quick(np.float64(x2).view(np.int64), ra, ma)
+            b3, bad3 = _rne_quick(b2, rb, mb)
+            out[r, j] = b3
+            bad += bad1 | bad2 | bad3
+        if bad:
+            for j in range(p.shape[1]):
+                b1 = _rne64(dp[r, j] - dr, ra, ta, ea, ma, fla)
+                b2 = _rne64(p[r, j] * np.int64(b1).view(np.float64), ra, ta, ea, ma, fla)
+                out[r, j] = rne_elem(b2, rb, 52, 11, 1023, tb, eb, mb, flb)
+        emin_r = np.int64(4096)
+        mx = np.int64(0)
+        for j in range(p.shape[1]):
+            mag = out[r, j] & _MAG64
+            mx = max(mx, mag)
+            e = mag >> 52
+            emin_r = min(emin_r, e if e > 0 else np.int64(4096))
+        g[r] = emin_r - 1023 - tb if emin_r < 4096 else np.int64(NO_BIT)
+        amax[r] = np.int64(mx).view(np.float64)
+        ok[r] = mx < _INF64
+
+
 _shift_round_par, _shift_round_ser = parallel_and_serial(_shift_round)
+_ds_round_par, _ds_round_ser = parallel_and_serial(_ds_round)
 _round_two_par, _round_two_ser = parallel_and_serial(_round_two)
 _row_scale_round_par, _row_scale_round_ser = parallel_and_serial(_row_scale_round)
 
@@ -267,6 +305,23 @@ def _fused_exp(
         x, p.view(np.int64), pc.view(np.int64), fa[0], fa[1], *stats, *p_stats
     )
     return p.reshape(s.shape), pc.reshape(s.shape), stats, p_stats
+
+
+def _fused_ds(p: F64, dp: F64, delta: F64, dpf: Format, dsf: Format) -> tuple[F64, Prepared | None]:
+    """dS = round_dsf(round_dpf(p * round_dpf(dp - delta))) (p, dp (..., R, C), delta (..., R,
+    1)), in one compiled pass where both formats allow it, with dS's row statistics (g a lower
+    bound; None from the numpy path)."""
+    fa = _fused_args(dpf, dsf)
+    if fa is None:
+        return _r(_r(p * _r(dp - delta, dpf), dpf), dsf), None
+    pc, dpc = (np.ascontiguousarray(x).reshape(-1, x.shape[-1]) for x in (p, dp))
+    dc = np.ascontiguousarray(np.broadcast_to(delta, (*p.shape[:-1], 1))).reshape(-1)
+    out = np.empty(pc.shape)
+    r = pc.shape[0]
+    stats = Prepared(np.empty(r, dtype=np.int64), np.empty(r), np.empty(r, dtype=np.bool_))
+    fn = _ds_round_par if use_parallel(pc.size) else _ds_round_ser
+    fn(pc, dpc, dc, out.view(np.int64), fa[0], fa[1], *stats)
+    return out.reshape(p.shape), stats
 
 
 def _fmt(policy: AttentionPolicy, step: str) -> Format:
@@ -452,20 +507,22 @@ def _scores(
 
 
 def _exp_cast(
-    s: F64, m: F64, policy: AttentionPolicy, k: _Consts, cast: Format
+    s: F64, m: F64, policy: AttentionPolicy, k: _Consts, cast: Format, *, lse: bool = False
 ) -> tuple[F64, F64, Any, Any]:
-    """:func:`_exp` and its result rounded into ``cast`` (nearest-even), fused when it can be;
-    with the latter's and the former's row statistics for a ``RoundOnce`` product (or None
-    each)."""
+    """:func:`_exp` (``lse`` as there) and its result rounded into ``cast`` (nearest-even),
+    fused when it can be; with the latter's and the former's row statistics for a
+    ``RoundOnce`` product (or None each)."""
     ef, st = _fmt(policy, "exp"), _fmt(policy, "state")
     with np.errstate(invalid="ignore", over="ignore"):
         if policy.scale_apply == "exp2":
-            fused = _fused_exp(s, k.exp2_c, _r(m * k.exp2_c, st), _exp2_fn(policy), ef, cast)
+            mm = _r(m * (k.log2e if lse else k.exp2_c), st)
+            fused = _fused_exp(s, k.exp2_c, mm, np.exp2 if lse else _exp2_fn(policy), ef, cast)
         else:
-            fused = _fused_exp(s, 1.0, m, _exp_fn(policy), ef, cast)  # s * 1.0 is s exactly
+            fn = np.exp if lse else _exp_fn(policy)
+            fused = _fused_exp(s, 1.0, m, fn, ef, cast)  # s * 1.0 is s exactly
     if fused is not None:
         return fused
-    p = _exp(s, m, policy, k)
+    p = _exp(s, m, policy, k, lse=lse)
     return p, _r(p, cast), None, None
 
 
@@ -789,45 +846,55 @@ def _backward_heads(
 ) -> tuple[F64, F64, F64, F64]:
     """:func:`backward` on a batch of kv heads, queries grouped as in the forward: (dq, dk, dv,
     delta) for them, each (B, H_kv, rows, ...)."""
-    st, dpf = _fmt(policy, "state"), _fmt(policy, "dp")
+    st, dpf, pbf = _fmt(policy, "state"), _fmt(policy, "dp"), _fmt(policy, "p_bwd")
     blocks = [(j0, min(j0 + bk, ks.shape[2])) for j0 in range(0, ks.shape[2], bk)]
+    # the same for every key block: q's statistics for S, dO's for dP
+    q_stats, do_stats = _q_stats(qg, policy), policy.dp_accum.prepare(do)
 
-    def probs(j0: int, j1: int) -> F64:
-        s = _scores(qg, ks[:, :, j0:j1], policy, kc)  # (B, H_kv, R, C)
-        p = _exp(s, lse_g, policy, kc, lse=True)
+    def probs_cast(j0: int, j1: int) -> tuple[F64, F64]:
+        """P for keys j0:j1 (B, H_kv, R, C), and P rounded into p_bwd_fmt."""
+        s = _scores(qg, ks[:, :, j0:j1], policy, kc, q_stats)  # (B, H_kv, R, C)
+        p, p_cast, _, _ = _exp_cast(s, lse_g, policy, kc, pbf, lse=True)
         if causal:
-            p = np.where(_visible(pos, j0, j1, offset), p, 0.0)
-        return p
+            seen = _visible(pos, j0, j1, offset)
+            p, p_cast = np.where(seen, p, 0.0), np.where(seen, p_cast, 0.0)
+        return p, p_cast
+
+    def d_p(j0: int, j1: int) -> F64:
+        """dP = dO v^T for keys j0:j1, in dp_fmt: (B, H_kv, R, C)."""
+        vt = np.swapaxes(va[:, :, j0:j1], -1, -2)
+        return _r_acc(policy.dp_accum.matmul(do, vt, prepared=do_stats), policy.dp_accum, dpf)
 
     if policy.delta_source == "output":
         prod = do * og  # exact: two values of <= 26 significant bits
         delta = matmul(prod, np.ones((prod.shape[-1], 1)), accum=policy.delta_accum)
     elif policy.delta_source == "recompute":
-        o_rec = sum(matmul(probs(j0, j1), va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks)
+        o_rec = sum(
+            matmul(probs_cast(j0, j1)[0], va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks
+        )
         delta = matmul(do * _r(o_rec, st), np.ones((do.shape[-1], 1)), accum=policy.delta_accum)
     else:
         delta = sum(
-            np.sum(
-                probs(j0, j1)
-                * _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf),
-                axis=-1,
-                keepdims=True,
-            )
-            for j0, j1 in blocks
+            np.sum(probs_cast(j0, j1)[0] * d_p(j0, j1), axis=-1, keepdims=True) for j0, j1 in blocks
         )
     delta = _r(delta, _fmt(policy, "delta"))  # (B, H_kv, R, 1)
 
     qscale = kc.sqrt_alpha if policy.scale_apply == "qk_sqrt" else kc.alpha
-    dsf, pbf, gacc = _fmt(policy, "ds"), _fmt(policy, "p_bwd"), policy.grad_accum
+    dsf, gacc = _fmt(policy, "ds"), policy.grad_accum
+    # dO and q as the right operands of dV_j and dK_j, stored transposed once (the products
+    # read them as (R, D) views): the models see the same values, laid out as they copy them
+    do_t, qg_t = (
+        np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2) for x in (do, qg)
+    )
     dq_acc: F64 | None = None
     dk_parts, dv_parts = [], []
     for j0, j1 in blocks:
-        p = probs(j0, j1)  # (B, H_kv, R, C)
-        dv_parts.append(matmul(np.swapaxes(_r(p, pbf), -1, -2), do, accum=gacc))
-        dp = _r(matmul(do, np.swapaxes(va[:, :, j0:j1], -1, -2), accum=policy.dp_accum), dpf)
-        ds = _r(_r(p * _r(dp - delta, dpf), dpf), dsf)  # (B, H_kv, R, C)
-        dq_acc = matmul(ds, ks[:, :, j0:j1], accum=gacc, c=dq_acc)
-        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg, accum=gacc))
+        p, p_cast = probs_cast(j0, j1)  # (B, H_kv, R, C)
+        dv_parts.append(matmul(np.swapaxes(p_cast, -1, -2), do_t, accum=gacc))
+        dp = d_p(j0, j1)
+        ds, ds_stats = _fused_ds(p, dp, delta, dpf, dsf)  # (B, H_kv, R, C)
+        dq_acc = gacc.matmul(ds, ks[:, :, j0:j1], dq_acc, prepared=ds_stats)
+        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg_t, accum=gacc))
     assert dq_acc is not None
     gout = _fmt(policy, "grad_out")
     dq = _r(_r(dq_acc * qscale, st), gout)
