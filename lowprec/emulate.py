@@ -50,6 +50,7 @@ from lowprec.kernels.policy import AttentionPolicy
 from lowprec.rounding import round_to
 from lowprec.scaling import quantize_per_tensor
 from lowprec.torch_attention import KERNELS, KernelSpec, LowprecAttentionFunction
+from lowprec.torch_backend import round_tensor
 
 F64 = np.ndarray
 InputScaling = Literal["none", "tensor"]
@@ -434,18 +435,39 @@ class _MatmulFn(torch.autograd.Function):
             )
 
 
+def _round_tensor(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """x rounded into fmt (nearest-even) as a tensor of x's dtype and device: on the CPU through
+    numpy's compiled kernels, elsewhere on the device itself through the torch backend
+    (:func:`lowprec.torch_backend.round_tensor`, the same bits) instead of a host round trip."""
+    if x.device.type == "cpu":
+        return _to_torch(_round_np(_carrier(x), fmt), x)
+    return _round_on_device(x, fmt)
+
+
+def _round_on_device(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """:func:`_round_tensor` computed with torch ops on x's own device (any device)."""
+    wide = x.detach()
+    if wide.dtype in (torch.bfloat16, torch.float16):
+        wide = wide.float()
+    if _fits(fmt, np.dtype(np.float64 if wide.dtype == torch.float64 else np.float32)):
+        return x.detach().clone()
+    if fmt.emin - fmt.man_bits < -149 and wide.dtype == torch.float32:
+        wide = wide.double()
+    return round_tensor(wide, fmt).to(x.dtype)
+
+
 class _RoundFn(torch.autograd.Function):
     """x rounded into a format; the gradient flowing back rounded into the same format."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, fmt: Format, emu: Emulation) -> torch.Tensor:
         ctx.fmt, ctx.emu = fmt, emu
-        return _to_torch(_round_np(_carrier(x), fmt), x)
+        return _round_tensor(x, fmt)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         with ctx.emu.internal():
-            return _to_torch(_round_np(_carrier(g), ctx.fmt), g), None, None
+            return _round_tensor(g, ctx.fmt), None, None
 
 
 # ---- the mode -------------------------------------------------------------------------------

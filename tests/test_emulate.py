@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lowprec import LowprecError, round_to
 from lowprec.emulate import ModelPolicy, emulate
-from lowprec.formats import bf16, fp8_e4m3fn, fp32
+from lowprec.formats import bf16, fp8_e4m3fn, fp32, get_format
 from lowprec.kernels.attention import backward, blocked
 from lowprec.reference import round_fraction
 from lowprec.testing import same_bits
@@ -255,6 +255,23 @@ def test_cuda_tensors_come_back_to_their_device(rng: np.random.Generator, device
     assert out.device == q.device and q.grad is not None and q.grad.device == q.device
     assert w.grad is not None and w.grad.device == w.device
     assert emu.report().moved_devices == [str(q.device)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("fmt", ["bf16", "fp16", "e4m3", "e5m2", "fp32"])
+def test_device_rounding_is_the_host_rounding(
+    rng: np.random.Generator, dtype: torch.dtype, fmt: str
+) -> None:
+    """The rounding that emulate runs on a GPU tensor (torch ops on its device) gives the bits of
+    the host path (numpy kernels), here both on CPU tensors: values across the range, ties and
+    subnormals of the storage format included."""
+    from lowprec.emulate import _round_on_device, _round_tensor
+
+    x = torch.from_numpy(rng.standard_normal(4096) * np.ldexp(1.0, rng.integers(-30, 12, 4096)))
+    x = x.to(dtype)
+    want, got = _round_tensor(x, get_format(fmt)), _round_on_device(x, get_format(fmt))
+    assert got.dtype == want.dtype == dtype
+    assert same_bits(got.double().numpy(), want.double().numpy()).all()
 
 
 def test_tensor_core_preset_products_are_the_accum_model(rng: np.random.Generator) -> None:
