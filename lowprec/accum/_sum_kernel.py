@@ -112,8 +112,8 @@ def _value_typing(typingctx: Any, x: Any) -> Any:
     return types.float64(types.int64), codegen
 
 
-_bits: Any = intrinsic(_bits_typing)
-_value: Any = intrinsic(_value_typing)
+as_bits: Any = intrinsic(_bits_typing)
+from_bits: Any = intrinsic(_value_typing)
 
 
 @numba.njit(cache=True, inline="always")
@@ -144,11 +144,11 @@ def _fma_round(
         t = xj + p
         bb = t - xj
         e = (xj - (t - bb)) + (p - bb)
-        bits = _bits(t)
+        bits = as_bits(t)
         if down and t == 0.0:
-            bits = (_bits(xj) | _bits(p)) & _SIGN
+            bits = (as_bits(xj) | as_bits(p)) & _SIGN
         if exact:
-            out[j] = _value(bits)
+            out[j] = from_bits(bits)
             continue
         mag = bits & _MAG
         toward = (e > 0.0) == (bits >= 0)
@@ -160,7 +160,7 @@ def _fma_round(
         zero_fast = keep_zero and mag == 0
         slow = general or ((mag < normal or mag >= _INF or res > max_bits) and not zero_fast)
         tmp[j] = (bits & _SIGN) | mag
-        out[j] = _value((bits & _SIGN) | (mag if zero_fast else res))
+        out[j] = from_bits((bits & _SIGN) | (mag if zero_fast else res))
         rare[j] = slow
         nrare += slow
     if nrare:
@@ -169,7 +169,7 @@ def _fma_round(
                 r = round_one(
                     tmp[j], np.uint64(0), 52, 11, 1023, k[10], k[11], max_bits, k[12], k[13], 64
                 )
-                out[j] = _value(r)
+                out[j] = from_bits(r)
 
 
 def _sequential(a: np.ndarray, b: np.ndarray, acc: np.ndarray, k: np.ndarray) -> None:
