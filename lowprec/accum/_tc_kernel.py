@@ -121,7 +121,16 @@ def _tc_matmul(
     nb, m, k = ea.shape
     n = eb.shape[2]
     nblocks = (k + block - 1) // block
-    zero_lim = np.int32(ZERO_EXP // 2)
+    zero_lim = ZERO_EXP // 2  # below it the largest term is a zero: all terms are zeros
+    # a block of row i and column j holds a zero product iff a[i] or b[:, j] holds a zero
+    # there: a's part is read per row, b's (B, nblocks, N) part is found here once
+    zero_b = np.zeros((nb, nblocks, n), np.bool_)
+    for bi in range(nb):
+        for kk in range(k):
+            zb = zero_b[bi, kk // block]
+            ebk = eb[bi, kk]
+            for j in range(n):
+                zb[j] |= ebk[j] == ZERO_EXP
     f = np.int64(frac_bits)
     zexp = np.int64(zero_exp)
     cmin = np.int64(cemin)
@@ -132,7 +141,6 @@ def _tc_matmul(
         eai = ea[bi, i]
         acc = c0[bi, i].copy()
         emax = np.empty(n, np.int32)
-        zmin = np.empty(n, np.int32)
         scale = np.empty(n, np.float64)
         unscale = np.empty(n, np.float64)
         total = np.empty(n, np.float64)
@@ -143,14 +151,14 @@ def _tc_matmul(
             k0 = blk * block
             k1 = min(k0 + block, k)
             emax[:] = ZERO_EXP
-            zmin[:] = 0
+            zero_a = False
             for kk in range(k0, k1):
                 e_a = eai[kk]
+                zero_a |= e_a == ZERO_EXP
                 ebk = eb[bi, kk]
                 for j in range(n):
-                    e = e_a + ebk[j]
-                    emax[j] = max(emax[j], e)
-                    zmin[j] = min(zmin[j], e)
+                    emax[j] = max(emax[j], np.int32(e_a + ebk[j]))
+            zb = zero_b[bi, blk]
             for j in range(n):
                 cj = acc[j]
                 has_c = cj != 0.0 and live[j]
@@ -159,7 +167,7 @@ def _tc_matmul(
                 ce = ((as_bits(cj) >> 52) & 0x7FF) - 1023
                 er = np.int64(emax[j])
                 er = max(er, max(ce, cmin)) if has_c else er
-                er = zexp if (zmin[j] <= zero_lim or not has_c) and er < zexp else er
+                er = zexp if (zero_a or zb[j] or not has_c) and er < zexp else er
                 er = f if er <= zero_lim else er  # nothing but zeros: the sum is 0 at any scale
                 scale[j] = from_bits((f - er + 1023) << 52)
                 unscale[j] = from_bits((er - f + 1023) << 52)
