@@ -161,17 +161,18 @@ def _tc_matmul(
             zb = zero_b[bi, blk]
             for j in range(n):
                 cj = acc[j]
-                has_c = cj != 0.0 and live[j]
+                # bitwise | and & (not the branching ``or``/``and``) keep the loop vectorised
+                no_c = (cj == 0.0) | (not live[j])
                 # a nonzero finite c of the accumulator (at most fp32's range) is a normal
                 # float64: its exponent is its biased exponent field less 1023
                 ce = ((as_bits(cj) >> 52) & 0x7FF) - 1023
                 er = np.int64(emax[j])
-                er = max(er, max(ce, cmin)) if has_c else er
-                er = zexp if (zero_a or zb[j] or not has_c) and er < zexp else er
+                er = er if no_c else max(er, max(ce, cmin))
+                er = zexp if (zero_a | zb[j] | no_c) & (er < zexp) else er
                 er = f if er <= zero_lim else er  # nothing but zeros: the sum is 0 at any scale
                 scale[j] = from_bits((f - er + 1023) << 52)
                 unscale[j] = from_bits((er - f + 1023) << 52)
-                total[j] = np.trunc(cj * scale[j]) if has_c else 0.0
+                total[j] = 0.0 if no_c else np.trunc(cj * scale[j])
             for kk in range(k0, k1):
                 av = ai[kk]
                 bk = b[bi, kk]
@@ -183,7 +184,7 @@ def _tc_matmul(
                 over = abs(r) > vmax  # inf in both modes, as in both published models
                 r = math.copysign(np.inf, r) if over else r
                 acc[j] = r if live[j] else acc[j]
-                live[j] = live[j] and not over
+                live[j] = live[j] & (not over)
         for j in range(n):
             if bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(c0[bi, i, j]):
                 out[bi, i, j] = _special(ai, b[bi, :, j], c0[bi, i, j])
