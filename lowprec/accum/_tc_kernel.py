@@ -97,12 +97,13 @@ def _tc_matmul(
     """Chained block fused dot products for every output element.
 
     Each output row is processed block by block; per block three loops run over the row's N
-    elements (j) and vectorise: the block's largest product exponent (and whether a product
-    is zero), the alignment and exact sum of the terms, and the final rounding into the
-    accumulator, written without branches. Every aligned term ``trunc(a_k * b_k * 2**(F - E))``
-    is an integer below 2**(F + 2) held exactly in float64 (a_k * b_k has at most 24
-    significant bits, scaling by a power of two is exact, trunc is exact), and every partial
-    sum is an integer below 2**53, so any summation order (``reassoc``) gives the same exact sum.
+    elements (j) and vectorise: the block's largest product exponent, the alignment and exact
+    sum of the terms, and the final rounding into the accumulator, written without branches
+    (whether a block holds a zero product comes from per-block zero flags of a and of b).
+    Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is an integer below 2**(F + 2) held
+    exactly in float64 (a_k * b_k has at most 24 significant bits, scaling by a power of two is
+    exact, trunc is exact), and every partial sum is an integer below 2**53, so any summation
+    order (``reassoc``) gives the same exact sum.
 
     Args:
         ea, eb: (B, M, K), (B, K, N) int32 exponents ``max(floor(log2|x|), emin)`` of a and b
