@@ -4,7 +4,8 @@ The compiled loops (:mod:`lowprec.accum._sum_kernel`) take whole blocks of a row
 send elements off their fast path (zeros, subnormals, overflow, inf, NaN) to the general
 rounding rule; these tests hold every output element, in every mode and in accumulator formats
 from fp32 down to fp8, to :func:`test_accum.ref_sequential` / ``ref_pairwise`` (exact rational
-arithmetic, one rounding per step), including rows wider than one block.
+arithmetic, one rounding per step), including rows wider than one block. fp32 to nearest-even
+on float32 operands runs as float32 fused multiply-adds and is held to the same spec.
 """
 
 from __future__ import annotations
@@ -113,3 +114,42 @@ def test_chunked_outer_sum_of_sequential_chunks(rng):
         part = matmul(a[:, k0 : k0 + 8], b[k0 : k0 + 8], accum=inner)
         acc = add_round(acc, part, fp16, Rounding.TOWARD_ZERO)
     assert same_bits(got, acc).all()
+
+
+@pytest.mark.parametrize("kind", ["random", "spread", "cancel", "tiny", "overflow", "special"])
+def test_sequential_fp32_on_fp32_inputs(rng, kind):
+    """fp32 operands to nearest-even take the float32 FMA loop; held to the spec like the rest."""
+    a, b, c = _operands(rng, fp32, fp32, kind, 3, 11, 300)
+    for cv in (c, None):
+        seq = matmul(a, b, accum=Sequential(fp32), c=cv)
+        for i, j in np.ndindex(seq.shape):
+            want = ref_sequential(a[i], b[:, j], None if cv is None else float(cv[i, j]), fp32)
+            assert same_bits(seq[i, j], want), (kind, i, j, seq[i, j], want)
+
+
+def test_sequential_fp32_ties_and_one_rounding_per_step():
+    """Ties go to even, and a step's product is not rounded before the add (one rounding)."""
+    u = 2.0**-23  # ulp of 1 in fp32
+    x = 1 + 2.0**-12  # x * x = 1 + 2**-11 + 2**-24: a multiply rounded first would drop 2**-24
+    a = np.array([[1.0, 0.5], [1 + u, 0.5], [-1.0, x]])
+    b = np.array([[1.0, 1.0, 1.0], [u, 3 * u, x]])
+    got = matmul(a, b, accum=Sequential(fp32))
+    for i, j in np.ndindex(got.shape):
+        want = ref_sequential(a[i], b[:, j], None, fp32)
+        assert same_bits(got[i, j], want), (i, j, got[i, j], want)
+    assert got[0, 0] == 1.0  # 1 + u/2: a tie, to the even 1
+    assert got[1, 0] == 1 + 2 * u  # 1 + u + u/2: a tie, to the even 1 + 2u
+    assert got[2, 2] == 2.0**-11 + 2.0**-24  # -1 + x*x exactly, not -1 + round(x*x) = 2**-11
+
+
+def test_sequential_fp32_operands_off_float32_take_the_general_step(rng):
+    """A c or an input that float32 does not hold is summed by the general step, still exact."""
+    a, b, c = _operands(rng, bf16, fp32, "random", 3, 7, 5)
+    c_off = c + c * 2.0**-30  # not fp32 values: the first step rounds the exact c + a_0 b_0
+    a_off = np.array(a)
+    a_off[0, 0] = 1 + 2.0**-25  # 26 significant bits: products still exact in float64
+    for aa, cc in ((a, c_off), (a_off, c)):
+        seq = matmul(aa, b, accum=Sequential(fp32), c=cc)
+        for i, j in np.ndindex(seq.shape):
+            want = ref_sequential(aa[i], b[:, j], float(cc[i, j]), fp32)
+            assert same_bits(seq[i, j], want), (i, j, seq[i, j], want)

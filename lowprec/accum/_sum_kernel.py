@@ -1,4 +1,4 @@
-"""The compiled loops behind :class:`~lowprec.accum.core.Sequential` and ``Pairwise``.
+"""The compiled loops behind :class:`~lowprec.accum.core.Sequential`, ``Pairwise`` and ``Chunked``.
 
 Every step of these models is one correctly rounded addition ``round_fmt(x + s * y)`` of exact
 float64 operands (``s * y`` is an exact product, or ``s = 1``), computed as
@@ -30,7 +30,7 @@ from typing import Any
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from lowprec._jit import parallel_and_serial
@@ -112,8 +112,25 @@ def _value_typing(typingctx: Any, x: Any) -> Any:
     return types.float64(types.int64), codegen
 
 
-_bits: Any = intrinsic(_bits_typing)
-_value: Any = intrinsic(_value_typing)
+def _fma32_typing(typingctx: Any, x: Any, y: Any, z: Any) -> Any:
+    """``x * y + z`` in float32 with one rounding to nearest-even (LLVM's ``llvm.fma``, which
+    is fused by definition: IEEE 754-2019 fusedMultiplyAdd, never a multiply then an add)."""
+    if not (x == y == z == types.float32):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        f32 = ir.FloatType()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32"
+        )
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+as_bits: Any = intrinsic(_bits_typing)
+from_bits: Any = intrinsic(_value_typing)
+fma32: Any = intrinsic(_fma32_typing)
 
 
 @numba.njit(cache=True, inline="always")
@@ -144,11 +161,11 @@ def _fma_round(
         t = xj + p
         bb = t - xj
         e = (xj - (t - bb)) + (p - bb)
-        bits = _bits(t)
+        bits = as_bits(t)
         if down and t == 0.0:
-            bits = (_bits(xj) | _bits(p)) & _SIGN
+            bits = (as_bits(xj) | as_bits(p)) & _SIGN
         if exact:
-            out[j] = _value(bits)
+            out[j] = from_bits(bits)
             continue
         mag = bits & _MAG
         toward = (e > 0.0) == (bits >= 0)
@@ -160,7 +177,7 @@ def _fma_round(
         zero_fast = keep_zero and mag == 0
         slow = general or ((mag < normal or mag >= _INF or res > max_bits) and not zero_fast)
         tmp[j] = (bits & _SIGN) | mag
-        out[j] = _value((bits & _SIGN) | (mag if zero_fast else res))
+        out[j] = from_bits((bits & _SIGN) | (mag if zero_fast else res))
         rare[j] = slow
         nrare += slow
     if nrare:
@@ -169,7 +186,7 @@ def _fma_round(
                 r = round_one(
                     tmp[j], np.uint64(0), 52, 11, 1023, k[10], k[11], max_bits, k[12], k[13], 64
                 )
-                out[j] = _value(r)
+                out[j] = from_bits(r)
 
 
 def _sequential(a: np.ndarray, b: np.ndarray, acc: np.ndarray, k: np.ndarray) -> None:
@@ -196,6 +213,55 @@ def _sequential(a: np.ndarray, b: np.ndarray, acc: np.ndarray, k: np.ndarray) ->
 
 
 sequential_par, sequential_ser = parallel_and_serial(_sequential)
+
+
+def _add(x: np.ndarray, y: np.ndarray, out: np.ndarray, k: np.ndarray) -> None:
+    """``out = round(x + y)`` elementwise (out may be x or y), block by block.
+
+    Args:
+        x, y, out: (N,) float64, C-contiguous.
+        k: :func:`step_consts` of the format and mode.
+    """
+    n = x.size
+    for blk in numba.prange((n + BLOCK - 1) // BLOCK):
+        j0 = blk * BLOCK
+        w = min(BLOCK, n - j0)
+        tmp = np.empty(BLOCK, np.int64)
+        rare = np.empty(BLOCK, np.bool_)
+        _fma_round(out[j0 : j0 + w], x[j0 : j0 + w], 1.0, y[j0 : j0 + w], w, tmp, rare, k)
+
+
+add_par, add_ser = parallel_and_serial(_add)
+
+
+def _sequential_fp32(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_sequential` for an fp32 accumulator rounding to nearest-even, on float32 data.
+
+    With a, b and the running sum float32 values, ``round_fp32(acc + a_k * b_k)`` is one IEEE
+    754 fused multiply-add in float32 (:func:`fma32`: the product is exact inside it, the sum
+    rounded once, with float32's own subnormals, overflow and signed zeros), which is what
+    :func:`_fma_round` computes for this format and mode, except for the payload and sign of
+    a NaN. The additions run in the written order, k outer and j inner (no ``fastmath``).
+
+    Args:
+        a, b: (B, M, K), (B, K, N) float32 inputs.
+        acc: (B, M, N) float32: the starting value (c, or -0) in, the result out.
+    """
+    nb, m, kk = a.shape
+    n = b.shape[2]
+    for row in numba.prange(nb * m):
+        bi = row // m
+        i = row - bi * m
+        seg = acc[bi, i]
+        ai = a[bi, i]
+        for q in range(kk):
+            aq = ai[q]
+            bq = b[bi, q]
+            for j in range(n):
+                seg[j] = fma32(aq, bq[j], seg[j])
+
+
+sequential_fp32_par, sequential_fp32_ser = parallel_and_serial(_sequential_fp32)
 
 
 def _pairwise(

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from lowprec._jit import parallel_and_serial
+from lowprec.accum._sum_kernel import as_bits, from_bits
 
 ZERO_EXP = -(1 << 20)  # exponent stored for zero inputs: never the maximum
 
@@ -51,25 +52,28 @@ def _special(a: np.ndarray, b: np.ndarray, c: float) -> float:
 
 
 @numba.njit(cache=True, inline="always")
-def _round_bits(bits: np.int64, v: float, tm: int, temin: int, nearest: bool) -> np.int64:
-    """Bit pattern of the normal float64 ``v`` (or zero) rounded to ``tm`` fraction bits.
+def _round_bits(bits: np.int64, tm: int, temin: int, nearest: bool) -> np.int64:
+    """Bit pattern of the normal float64 with bit pattern ``bits`` (or zero) rounded to ``tm``
+    fraction bits.
 
     The exponent is floored at ``temin`` (subnormals of the target); toward zero or to
     nearest-even, on the bit pattern: the carry of rounding up moves into the exponent by itself.
+    Written without branches (every case computed, one selected) so that a loop over it
+    vectorises.
     """
     sign = bits & np.int64(-0x8000000000000000)
     mag = bits ^ sign
-    if mag == 0:
-        return np.int64(0)
     e = (mag >> 52) - 1023
     sh = 52 - tm + max(np.int64(0), temin - e)
-    if sh > 52:  # below the smallest subnormal's quantum: 0, or the quantum itself
-        q = (np.int64(temin - tm) + 1023) << 52
-        up = nearest and abs(v) > math.ldexp(1.0, temin - tm - 1)
-        return (q if up else np.int64(0)) | sign
-    if nearest:
-        mag = mag + (np.int64(1) << (sh - 1)) - 1 + ((mag >> sh) & 1)
-    return ((mag >> sh) << sh) | sign
+    # below the smallest subnormal's quantum q (sh > 52): 0, or q when nearest and |v| > q / 2
+    q = (np.int64(temin - tm) + 1023) << 52
+    half_q = (np.int64(temin - tm) - 1 + 1023) << 52
+    tiny = np.int64(q if nearest and mag > half_q else 0)
+    s = min(sh, np.int64(52))
+    bias = ((np.int64(1) << s) >> 1) - 1 + ((mag >> s) & 1) if nearest else np.int64(0)
+    body = ((mag + bias) >> s) << s
+    r = tiny if sh > 52 else body
+    return np.int64(0) if mag == 0 else r | sign
 
 
 def _tc_matmul(
@@ -92,11 +96,14 @@ def _tc_matmul(
 ) -> None:
     """Chained block fused dot products for every output element.
 
-    Each output row is processed block by block with the inner loops running over the row's N
-    elements, so that they vectorise. Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is
-    an integer below 2**(F + 2) held exactly in float64 (a_k * b_k has at most 24 significant
-    bits, scaling by a power of two is exact, trunc is exact), and every partial sum is an
-    integer below 2**53, so any summation order (``reassoc``) gives the same exact sum.
+    Each output row is processed block by block; per block three loops run over the row's N
+    elements (j) and vectorise: the block's largest product exponent, the alignment and exact
+    sum of the terms, and the final rounding into the accumulator, written without branches
+    (whether a block holds a zero product comes from per-block zero flags of a and of b).
+    Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is an integer below 2**(F + 2) held
+    exactly in float64 (a_k * b_k has at most 24 significant bits, scaling by a power of two is
+    exact, trunc is exact), and every partial sum is an integer below 2**53, so any summation
+    order (``reassoc``) gives the same exact sum.
 
     Args:
         ea, eb: (B, M, K), (B, K, N) int32 exponents ``max(floor(log2|x|), emin)`` of a and b
@@ -115,20 +122,28 @@ def _tc_matmul(
     nb, m, k = ea.shape
     n = eb.shape[2]
     nblocks = (k + block - 1) // block
-    zero_lim = ZERO_EXP // 2
+    zero_lim = ZERO_EXP // 2  # below it the largest term is a zero: all terms are zeros
+    # a block of row i and column j holds a zero product iff a[i] or b[:, j] holds a zero
+    # there: a's part is read per row, b's (B, nblocks, N) part is found here once
+    zero_b = np.zeros((nb, nblocks, n), np.bool_)
+    for bi in range(nb):
+        for kk in range(k):
+            zb = zero_b[bi, kk // block]
+            ebk = eb[bi, kk]
+            for j in range(n):
+                zb[j] |= ebk[j] == ZERO_EXP
+    f = np.int64(frac_bits)
+    zexp = np.int64(zero_exp)
+    cmin = np.int64(cemin)
     for row in numba.prange(nb * m):
         bi = row // m
         i = row - bi * m
         ai = a[bi, i]
         eai = ea[bi, i]
         acc = c0[bi, i].copy()
-        emax = np.empty(n, np.int64)
-        zmin = np.empty(n, np.int64)
-        eref = np.empty(n, np.int64)
+        emax = np.empty(n, np.int32)
         scale = np.empty(n, np.float64)
-        scale_bits = scale.view(np.int64)
-        vals = np.empty(n, np.float64)
-        vals_bits = vals.view(np.int64)
+        unscale = np.empty(n, np.float64)
         total = np.empty(n, np.float64)
         live = np.empty(n, np.bool_)
         for j in range(n):
@@ -137,44 +152,40 @@ def _tc_matmul(
             k0 = blk * block
             k1 = min(k0 + block, k)
             emax[:] = ZERO_EXP
-            zmin[:] = 0
+            zero_a = False
             for kk in range(k0, k1):
-                e_a = np.int64(eai[kk])
+                e_a = eai[kk]
+                zero_a |= e_a == ZERO_EXP
                 ebk = eb[bi, kk]
                 for j in range(n):
-                    e = e_a + ebk[j]
-                    emax[j] = max(emax[j], e)
-                    zmin[j] = min(zmin[j], e)
+                    emax[j] = max(emax[j], np.int32(e_a + ebk[j]))
+            zb = zero_b[bi, blk]
             for j in range(n):
                 cj = acc[j]
-                has_c = cj != 0.0 and live[j]
-                er = emax[j]
-                if has_c:
-                    _, e2 = math.frexp(cj)
-                    er = max(er, max(np.int64(e2) - 1, np.int64(cemin)))
-                if (zmin[j] <= zero_lim or not has_c) and er < zero_exp:
-                    er = np.int64(zero_exp)
-                if er <= zero_lim:
-                    er = np.int64(frac_bits)  # nothing but zeros: the sum is 0 at any scale
-                eref[j] = er
-                scale_bits[j] = (np.int64(frac_bits) - er + 1023) << 52
-                total[j] = np.trunc(cj * scale[j]) if has_c else 0.0
+                # bitwise | and & (not the branching ``or``/``and``) keep the loop vectorised
+                no_c = (cj == 0.0) | (not live[j])
+                # a nonzero finite c of the accumulator (at most fp32's range) is a normal
+                # float64: its exponent is its biased exponent field less 1023
+                ce = ((as_bits(cj) >> 52) & 0x7FF) - 1023
+                er = np.int64(emax[j])
+                er = er if no_c else max(er, max(ce, cmin))
+                er = zexp if (zero_a | zb[j] | no_c) & (er < zexp) else er
+                er = f if er <= zero_lim else er  # nothing but zeros: the sum is 0 at any scale
+                scale[j] = from_bits((f - er + 1023) << 52)
+                unscale[j] = from_bits((er - f + 1023) << 52)
+                total[j] = 0.0 if no_c else np.trunc(cj * scale[j])
             for kk in range(k0, k1):
                 av = ai[kk]
                 bk = b[bi, kk]
                 for j in range(n):
                     total[j] += np.trunc(av * bk[j] * scale[j])
             for j in range(n):
-                scale_bits[j] = (eref[j] - frac_bits + 1023) << 52
-                vals[j] = total[j] * scale[j]
-            for j in range(n):
-                if live[j]:
-                    vals_bits[j] = _round_bits(vals_bits[j], vals[j], tm, temin, nearest)
-                    r = vals[j]
-                    if abs(r) > vmax:  # overflow: inf in both modes, as in both published models
-                        r = math.copysign(np.inf, r)
-                        live[j] = False
-                    acc[j] = r
+                v = total[j] * unscale[j]
+                r = from_bits(_round_bits(as_bits(v), tm, temin, nearest))
+                over = abs(r) > vmax  # inf in both modes, as in both published models
+                r = math.copysign(np.inf, r) if over else r
+                acc[j] = r if live[j] else acc[j]
+                live[j] = live[j] & (not over)
         for j in range(n):
             if bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(c0[bi, i, j]):
                 out[bi, i, j] = _special(ai, b[bi, :, j], c0[bi, i, j])

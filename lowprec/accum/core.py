@@ -106,7 +106,7 @@ from lowprec.accum import _ro_kernel as _ro
 from lowprec.accum import _sum_kernel as _sk
 from lowprec.blockfmt import BlockTensor
 from lowprec.errors import ConfigError, LowprecError, ShapeError
-from lowprec.formats import Format, fp64, get_format, is_exact
+from lowprec.formats import Format, fp32, fp64, get_format, is_exact
 from lowprec.reference import round_fraction
 from lowprec.rounding import Rounding, as_carrier, format_flags, mode_code, round_to
 
@@ -919,6 +919,40 @@ def _mode(m: Rounding | str) -> Rounding:
     return m if isinstance(m, Rounding) else Rounding.parse(m)
 
 
+def _is_fp32(x: F64) -> bool:
+    """Whether every element of x is a float32 value (NaN counted as one)."""
+    with np.errstate(over="ignore"):
+        return np.array_equal(x.astype(np.float32), x, equal_nan=True)
+
+
+def _sequential_fp32(a3: F64, b3: F64, acc3: F64, par: bool) -> bool:
+    """Sequential(fp32) to nearest-even as float32 fused multiply-adds, in place on acc3.
+
+    When a, b and the starting sum are float32 values each step ``round_fp32(acc + a_k*b_k)``
+    is one float32 FMA (:func:`lowprec.accum._sum_kernel.fma32`), the same value as the
+    general step; a result holding a NaN is left to the general step (whose NaN is the one
+    :func:`lowprec.round_to` gives), and so are inputs that are not float32 values.
+
+    Args:
+        a3, b3: (B, M, K), (B, K, N) float64 operands.
+        acc3: (B, M, N) float64 starting sums, overwritten with the results when this returns
+            True.
+        par: Run the parallel twin of the loop.
+
+    Returns:
+        Whether the result was computed here.
+    """
+    if not (_is_fp32(a3) and _is_fp32(b3) and _is_fp32(acc3)):
+        return False
+    acc32 = acc3.astype(np.float32)
+    kernel = _sk.sequential_fp32_par if par else _sk.sequential_fp32_ser
+    kernel(a3.astype(np.float32), b3.astype(np.float32), acc32)
+    if np.isnan(acc32).any():
+        return False
+    acc3[...] = acc32
+    return True
+
+
 @dataclass(frozen=True)
 class Sequential(AccumModel):
     """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c``.
@@ -928,7 +962,8 @@ class Sequential(AccumModel):
     Each step is a fused multiply-add into ``fmt``: the product is exact and the sum is rounded
     once, as an fp32 FMA loop on CPU cores or GPU CUDA cores does. Each step is
     :func:`add_round` of the running sum and the product, compiled
-    (:mod:`lowprec.accum._sum_kernel`) over blocks of a row's outputs.
+    (:mod:`lowprec.accum._sum_kernel`) over blocks of a row's outputs; for fp32 to nearest-even
+    on float32 operands it is a float32 FMA (:func:`_sequential_fp32`), the same value.
 
     Attributes:
         fmt: Accumulator format.
@@ -955,7 +990,10 @@ class Sequential(AccumModel):
         consts = _step_consts(fmt, mode)
         a3, b3 = _rows_cols(a, b)
         acc3 = acc.reshape(a3.shape[0], *shape[-2:])  # (B, M, N), a view of acc
-        kernel = _sk.sequential_par if use_parallel(acc.size * a.shape[-1]) else _sk.sequential_ser
+        par = use_parallel(acc.size * a.shape[-1])
+        if fmt == fp32 and mode is Rounding.NEAREST_EVEN and _sequential_fp32(a3, b3, acc3, par):
+            return acc
+        kernel = _sk.sequential_par if par else _sk.sequential_ser
         kernel(a3, b3, acc3, consts)
         return acc
 
@@ -1014,7 +1052,8 @@ class Chunked(AccumModel):
 
     ``acc = c`` (without c: from the first chunk, see the module docstring); for each chunk,
     ``acc = round_fmt(acc + inner(chunk))``: the partial result of the inner unit is promoted
-    and added with one rounding. DeepSeek-V3's FP8 recipe is
+    and added with one rounding (:func:`add_round`, compiled in
+    :mod:`lowprec.accum._sum_kernel`). DeepSeek-V3's FP8 recipe is
     ``Chunked(fp32, 128, <Hopper fp8 tensor core>)`` (arXiv 2412.19437 §3.3.2).
 
     Attributes:
@@ -1043,10 +1082,19 @@ class Chunked(AccumModel):
         if c is None and a.shape[-1] == 0:
             return np.zeros(shape)
         acc = _sum_start(shape, mode) if c is None else np.array(c, dtype=np.float64)
+        consts = _step_consts(fmt, mode)
+        flat = acc.reshape(-1)  # a view: acc is C-contiguous
+        add = _sk.add_par if use_parallel(acc.size) else _sk.add_ser
         n = int(self.n)
         for k0 in range(0, a.shape[-1], n):
             part = self.inner._matmul(a[..., k0 : k0 + n], b[..., k0 : k0 + n, :], None)
-            acc = add_round(acc, np.broadcast_to(part, shape), fmt, mode)
+            # acc = add_round(acc, part, fmt, mode), compiled
+            add(
+                flat,
+                np.ascontiguousarray(np.broadcast_to(part, shape), np.float64).ravel(),
+                flat,
+                consts,
+            )
         return acc
 
     @property
