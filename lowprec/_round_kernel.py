@@ -27,6 +27,8 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.extending import intrinsic
 
 from lowprec._jit import parallel_and_serial, specialise
 
@@ -301,6 +303,79 @@ rne_elem = _rne_elem
 fast_any = _fast_any
 
 
+# ---- PCG64, the stream of numpy's default bit generator, drawn inside the loops ---------------
+# PCG XSL-RR 128/64 (O'Neill, "PCG: A Family of Simple Fast Space-Efficient Statistically Good
+# Algorithms for Random Number Generation", HMC-CS-2014-0905): a 128-bit LCG
+# s <- s * PCG_MULT + inc (mod 2**128), advanced before each output, whose 64-bit output is
+# rotr64(hi(s) ^ lo(s), hi(s) >> 58). 128-bit words are (hi, lo) pairs of uint64.
+
+PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+"""The LCG multiplier of PCG64 (numpy's ``PCG_DEFAULT_MULTIPLIER_128``)."""
+
+_MULT_HI = np.uint64(PCG_MULT >> 64)
+_MULT_LO = np.uint64(PCG_MULT & 0xFFFFFFFFFFFFFFFF)
+
+
+def _muladd128_typing(
+    typingctx: Any, ah: Any, al: Any, bh: Any, bl: Any, ch: Any, cl: Any
+) -> tuple[Any, Any]:
+    """(a * b + c) mod 2**128 as (hi, lo), on uint64 halves: LLVM's own 128-bit integers, so
+    the 64 x 64 -> 128-bit product is one machine multiply where the target has one."""
+    u64 = numba.types.uint64
+    sig = numba.types.UniTuple(u64, 2)(u64, u64, u64, u64, u64, u64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i128 = ir.IntType(128)
+        wide = []
+        for hi, lo in ((args[0], args[1]), (args[2], args[3]), (args[4], args[5])):
+            top = builder.shl(builder.zext(hi, i128), ir.Constant(i128, 64))
+            wide.append(builder.or_(top, builder.zext(lo, i128)))
+        res = builder.add(builder.mul(wide[0], wide[1]), wide[2])
+        res_hi = builder.trunc(builder.lshr(res, ir.Constant(i128, 64)), ir.IntType(64))
+        res_lo = builder.trunc(res, ir.IntType(64))
+        return context.make_tuple(builder, signature.return_type, (res_hi, res_lo))
+
+    return sig, codegen
+
+
+_muladd128: Any = intrinsic(_muladd128_typing)
+
+
+@numba.njit(cache=True, inline="always")
+def pcg64_next(
+    sh: np.uint64, sl: np.uint64, ih: np.uint64, il: np.uint64
+) -> tuple[np.uint64, np.uint64, np.uint64]:
+    """One PCG64 step: the advanced state (hi, lo) and the 64-bit word it outputs."""
+    sh, sl = _muladd128(sh, sl, _MULT_HI, _MULT_LO, ih, il)
+    x = sh ^ sl
+    rot = sh >> np.uint64(58)
+    word = (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+    return sh, sl, word
+
+
+@numba.njit(cache=True)
+def pcg64_advance(
+    sh: np.uint64, sl: np.uint64, ih: np.uint64, il: np.uint64, delta: int
+) -> tuple[np.uint64, np.uint64]:
+    """The PCG64 state ``delta`` steps on, in O(log delta) (Brown, "Random number generation
+    with arbitrary strides", Trans. ANS 1994): the LCG map composed with itself by squaring."""
+    zero, one = np.uint64(0), np.uint64(1)
+    acc_mh, acc_ml = zero, one
+    acc_ph, acc_pl = zero, zero
+    cur_mh, cur_ml = _MULT_HI, _MULT_LO
+    cur_ph, cur_pl = ih, il
+    d = delta
+    while d > 0:
+        if d & 1:
+            acc_mh, acc_ml = _muladd128(acc_mh, acc_ml, cur_mh, cur_ml, zero, zero)
+            acc_ph, acc_pl = _muladd128(acc_ph, acc_pl, cur_mh, cur_ml, cur_ph, cur_pl)
+        mh, ml = _muladd128(cur_mh, cur_ml, zero, one, zero, one)
+        cur_ph, cur_pl = _muladd128(mh, ml, cur_ph, cur_pl, zero, zero)
+        cur_mh, cur_ml = _muladd128(cur_mh, cur_ml, cur_mh, cur_ml, zero, zero)
+        d >>= 1
+    return _muladd128(acc_mh, acc_ml, sh, sl, acc_ph, acc_pl)
+
+
 BLOCK = 1024
 """Elements per block of the fast loops: a block's rare second pass finds it still in L1."""
 
@@ -309,6 +384,12 @@ BLOCK = 1024
 _U = np.uint64
 _SHMASK = np.uint64(63)
 _MODE = RTZ
+_PCG = False
+_PER_WORD = 1
+
+GROUP = 64
+"""Blocks per iteration of the fast loops' parallel loop: SR's PCG64 jumps to a group's first
+word once (O(log n) steps) and then runs on word by word through its blocks."""
 
 
 def fast_applies(sm: int, tm: int, flags: int) -> bool:
@@ -372,12 +453,19 @@ def _round_fast(
     max_bits: int,
     flags: int,
     rand_bits: int,
+    pcg: np.ndarray,
 ) -> None:
     """:func:`round_bits` for a signed target narrower than the carrier, one mode, in blocks.
 
     Specialised (:func:`lowprec._jit.specialise`) for the carrier's unsigned type ``_U`` (all
     arithmetic stays in the carrier's width, so eight float32 lanes fit an AVX2 register) and
-    for the rounding mode ``_MODE`` (its branches fold away). Each block takes two passes:
+    for the rounding mode ``_MODE`` (its branches fold away), and, for SR, for where the random
+    words come from: ``rand``, or (``_PCG``) PCG64 run here from the state ``pcg``, word for word
+    the stream numpy's ``PCG64.random_raw`` gives from that state, each raw 64-bit word cut into
+    ``_PER_WORD`` words (1, 2, 4 or 8, of 64 // ``_PER_WORD`` bits, low bits first: the
+    little-endian view :func:`lowprec.rounding.round_to` draws), one block's words at a time into
+    a block-sized buffer.
+    Each block takes two passes:
 
     1. Every element, with no branch on the data: ``res = (mag + bias) & ~low`` on the carrier
        magnitude (the carry out of the mantissa moves into the exponent by itself) with the
@@ -394,12 +482,16 @@ def _round_fast(
     Args:
         src, out: Source and destination bit patterns (the carrier's unsigned view); ``out``
             may be ``src``.
-        rand: SR: one random word per element (``rand_bits`` low bits used); else unused.
+        rand: SR without ``_PCG``: one random word per element (``rand_bits`` low bits used);
+            else unused.
         c: :func:`fast_constants` for this format, mode and carrier.
         sm, se, sb, tm, temin, max_bits, flags, rand_bits: as for :func:`round_one`.
+        pcg: SR with ``_PCG``: the PCG64 state and increment before the first word, as uint64
+            (state hi, state lo, inc hi, inc lo); else unused. ``rand_bits`` must not exceed
+            the width of a word.
     """
     absm, signm, lo, span, maxb = c[0], c[1], c[2], c[3], c[4]
-    sh = _U(c[5] & _SHMASK)
+    sh_ = _U(c[5] & _SHMASK)
     low = c[6]
     keep = _U(~low)
     half = _U(low >> _U(1))
@@ -414,49 +506,74 @@ def _round_fast(
     rdown = np.uint64(k - shift if k >= shift else 0)
     rup = np.uint64(shift - k if k < shift else 0)
     n = src.size
-    for b in numba.prange((n + BLOCK - 1) // BLOCK):
-        start = b * BLOCK
-        stop = min(start + BLOCK, n)
-        worst = _U(0)
-        for i in range(start, stop):
-            a = _U(src[i])
-            mag = _U(a & absm)
-            sign = _U(a & signm)
-            if _MODE == RNE:
-                res = _U(_U(mag + _U(half + _U(_U(mag >> sh) & one))) & keep)
-            elif _MODE == RNA:
-                res = _U(_U(mag + _U(half + one)) & keep)
-            elif _MODE == RUP:
-                res = _U(_U(mag + (low if sign == 0 else _U(0))) & keep)
-            elif _MODE == RDN:
-                res = _U(_U(mag + (_U(0) if sign == 0 else low)) & keep)
-            elif _MODE == ODD:
-                sticky = one if _U(mag & low) != 0 else _U(0)
-                res = _U(_U(mag & keep) | _U(sticky << sh))
-            elif _MODE == SR:
-                rr = _U(((np.uint64(rand[i]) & rmask) >> rdown) << rup)
-                res = _U(_U(mag + rr) & keep)
-            else:
-                res = _U(mag & keep)
-            over = ovp if sign == 0 else ovn
-            fin = over if res > maxb else _U(res | sign)
-            d = _U(mag - lo)
-            worst = max(worst, d)
-            out[i] = a if d > span else fin
-        if worst > span:
+    nblocks = (n + BLOCK - 1) // BLOCK
+    for g in numba.prange((nblocks + GROUP - 1) // GROUP):
+        # PCG: the state before the group's first word; the words run on through its blocks
+        sh, sl, ih, il = np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)
+        if _PCG:
+            ih, il = pcg[2], pcg[3]
+            sh, sl = pcg64_advance(pcg[0], pcg[1], ih, il, g * GROUP * BLOCK // _PER_WORD)
+        words = np.empty(BLOCK if _PCG else 0, dtype=np.uint64)
+        for b in range(g * GROUP, min(nblocks, (g + 1) * GROUP)):
+            start = b * BLOCK
+            stop = min(start + BLOCK, n)
+            if _PCG:
+                # element t of the block takes word t mod _PER_WORD of raw word t // _PER_WORD,
+                # low bits first: the little-endian view of numpy's random_raw array
+                for j in range((stop - start + _PER_WORD - 1) // _PER_WORD):
+                    sh, sl, w = pcg64_next(sh, sl, ih, il)
+                    for q in range(_PER_WORD):
+                        words[j * _PER_WORD + q] = (w >> np.uint64(q * (64 // _PER_WORD))) & rmask
+            worst = _U(0)
             for i in range(start, stop):
                 a = _U(src[i])
-                if _U(_U(a & absm) - lo) > span:
-                    r = np.uint64(rand[i]) & rmask if _MODE == SR else np.uint64(0)
-                    out[i] = round_one(
-                        np.int64(a), r, sm, se, sb, tm, temin, max_bits, flags, _MODE, rand_bits
-                    )
+                mag = _U(a & absm)
+                sign = _U(a & signm)
+                if _MODE == RNE:
+                    res = _U(_U(mag + _U(half + _U(_U(mag >> sh_) & one))) & keep)
+                elif _MODE == RNA:
+                    res = _U(_U(mag + _U(half + one)) & keep)
+                elif _MODE == RUP:
+                    res = _U(_U(mag + (low if sign == 0 else _U(0))) & keep)
+                elif _MODE == RDN:
+                    res = _U(_U(mag + (_U(0) if sign == 0 else low)) & keep)
+                elif _MODE == ODD:
+                    sticky = one if _U(mag & low) != 0 else _U(0)
+                    res = _U(_U(mag & keep) | _U(sticky << sh_))
+                elif _MODE == SR:
+                    r = words[i - start] if _PCG else np.uint64(rand[i]) & rmask
+                    rr = _U((r >> rdown) << rup)
+                    res = _U(_U(mag + rr) & keep)
+                else:
+                    res = _U(mag & keep)
+                over = ovp if sign == 0 else ovn
+                fin = over if res > maxb else _U(res | sign)
+                d = _U(mag - lo)
+                worst = max(worst, d)
+                out[i] = a if d > span else fin
+            if worst > span:
+                for i in range(start, stop):
+                    a = _U(src[i])
+                    if _U(_U(a & absm) - lo) > span:
+                        r = np.uint64(0)
+                        if _MODE == SR:
+                            r = words[i - start] if _PCG else np.uint64(rand[i]) & rmask
+                        out[i] = round_one(
+                            np.int64(a), r, sm, se, sb, tm, temin, max_bits, flags, _MODE, rand_bits
+                        )
 
 
-def _fast_twins(carrier: type, mode: int) -> tuple[Any, Any]:
+def _fast_twins(carrier: type, mode: int, per_word: int = 0) -> tuple[Any, Any]:
+    """The twins for a carrier and mode; ``per_word`` > 0: SR drawing its words from PCG64."""
     width = np.dtype(carrier).itemsize * 8
     fn = specialise(
-        _round_fast, f"_u{width}_m{mode}", _U=carrier, _SHMASK=carrier(width - 1), _MODE=mode
+        _round_fast,
+        f"_u{width}_m{mode}" + (f"_pcg{per_word}" if per_word else ""),
+        _U=carrier,
+        _SHMASK=carrier(width - 1),
+        _MODE=mode,
+        _PCG=per_word > 0,
+        _PER_WORD=max(per_word, 1),
     )
     return parallel_and_serial(fn)
 
@@ -467,3 +584,11 @@ FAST_LOOPS = {
     for mode in (RNE, RNA, RTZ, RUP, RDN, ODD, SR)
 }
 """(carrier's unsigned dtype, mode) -> (parallel, serial) twins of :func:`_round_fast`."""
+
+SR_PCG_LOOPS = {
+    (np.dtype(carrier), per_word): _fast_twins(carrier, SR, per_word)
+    for carrier in (np.uint32, np.uint64)
+    for per_word in (1, 2, 4, 8)
+}
+"""(carrier's unsigned dtype, words per raw word) -> (parallel, serial) twins of
+:func:`_round_fast` for SR with its words drawn inside the loop from a PCG64 state."""
