@@ -340,6 +340,32 @@ def _muladd128_typing(
 
 _muladd128: Any = intrinsic(_muladd128_typing)
 
+_FLOAT_OF = {numba.types.uint32: numba.types.float32, numba.types.uint64: numba.types.float64}
+
+
+def _as_float_typing(typingctx: Any, bits: Any) -> tuple[Any, Any]:
+    """The float32/float64 whose bit pattern is the uint32/uint64 ``bits`` (no conversion)."""
+    res: Any = _FLOAT_OF[bits]
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], context.get_value_type(res))
+
+    return res(bits), codegen
+
+
+def _as_uint_typing(typingctx: Any, value: Any) -> tuple[Any, Any]:
+    """The uint32/uint64 bit pattern of the float32/float64 ``value`` (no conversion)."""
+    res: Any = {f: u for u, f in _FLOAT_OF.items()}[value]
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], context.get_value_type(res))
+
+    return res(value), codegen
+
+
+as_float: Any = intrinsic(_as_float_typing)
+as_uint: Any = intrinsic(_as_uint_typing)
+
 
 @numba.njit(cache=True, inline="always")
 def pcg64_next(
@@ -414,9 +440,15 @@ def fast_constants(
     In order: magnitude mask, sign bit, smallest target normal ``lo`` (carrier bits), ``span``
     (so that ``mag - lo > span``, unsigned, iff ``mag`` is below ``lo`` or inf/NaN), the largest
     finite ``max_bits``, ``shift`` (carrier minus target mantissa bits), the discarded-bits mask,
-    and the overflow results for a positive and a negative value: what :func:`round_one` gives a
+    the overflow results for a positive and a negative value: what :func:`round_one` gives a
     finite value whose rounded magnitude exceeds ``max_bits`` (IEEE 754 §7.4: inf, or NaN, or
-    +-max, by mode, sign and format).
+    +-max, by mode, sign and format), then ``rlo`` and ``rspan``: ``mag - rlo > rspan``
+    (unsigned) iff the element goes to the second pass, and the carrier bits of ``magic``.
+
+    ``rlo, rspan`` are ``lo, span`` except where nearest-even rounds the target's subnormals in
+    the first pass (:func:`sub_in_pass_one`); then they are ``0, inf - 1`` (only inf and NaN go
+    to the second pass), and ``magic`` = 2**(sm + temin - tm), the number whose carrier ulp is
+    the target's subnormal quantum 2**(temin - tm).
     """
     width = se + sm + 1
     sign_bit = 1 << (width - 1)
@@ -437,7 +469,30 @@ def fast_constants(
             over.append(max_bits | sign)
     shift = sm - tm
     words = [sign_bit - 1, sign_bit, lo, inf_bits - 1 - lo, max_bits, shift, (1 << shift) - 1]
-    return np.array(words + over, dtype=f"<u{width // 8}")
+    sub = sub_in_pass_one(sm, sb, tm, temin, flags, mode)
+    rare = [0, inf_bits - 1] if sub else words[2:4]
+    magic = (sm + temin - tm + sb) << sm if sub else 0
+    return np.array(words + over + rare + [magic], dtype=f"<u{width // 8}")
+
+
+def sub_in_pass_one(sm: int, sb: int, tm: int, temin: int, flags: int, mode: int) -> bool:
+    """Whether the fast loops round a target subnormal in nearest-even in their first pass.
+
+    For |x| below the target's smallest normal 2**temin, ``(|x| + magic) - magic`` with
+    ``magic`` = 2**(sm + temin - tm) is |x| rounded to a multiple of the subnormal quantum
+    q = 2**(temin - tm), ties to even: magic + |x| lies in [magic, 2 * magic), where the
+    carrier's ulp is q, so the addition rounds |x| there (in the carrier's own nearest-even, the
+    default IEEE 754 environment, which numpy and numba leave alone), and the subtraction is
+    exact (Sterbenz). magic is an even multiple of q, so the parity of the multiple is kept;
+    a tie with the smallest normal (|x| = 2**temin - q/2) gives 2**temin, as it should.
+
+    It needs a target with subnormals, zero and -0 (the sign is ored back, so |x| -> +0 gives
+    -0 for negative x), and a quantum q >= 2 * (the carrier's smallest normal): then every
+    carrier subnormal input is below q/2 and every nonzero result is a carrier normal, so
+    flush-to-zero or denormals-are-zero (set by some libraries) cannot change a result.
+    """
+    need = F_SUBNORMALS | F_HAS_ZERO | F_NEG_ZERO
+    return mode == RNE and (flags & need) == need and temin - tm - 1 >= 1 - sb
 
 
 def _round_fast(
@@ -472,9 +527,12 @@ def _round_fast(
        mode's bias (RNE: half - 1 + lsb; RNA: half; RTZ: 0; UP/DOWN: ``low`` on their side; SR:
        the random word scaled to the discarded width; ODD ors the sticky bit into the lsb
        instead), then the overflow result (:func:`fast_constants`) where ``res > max_bits``.
-       This is :func:`round_one` for every magnitude in the target's normal range; the others
-       (zero, target subnormals, inf, NaN) keep their input bits, and the block remembers the
-       largest ``mag - lo`` it saw.
+       This is :func:`round_one` for every magnitude in the target's normal range. In
+       nearest-even, where :func:`sub_in_pass_one` holds, zero and the target's subnormal range
+       take ``(|x| + magic) - magic`` in the carrier's floating point instead (the subnormal
+       quantum), again :func:`round_one` bit for bit. The others (zero, target subnormals, inf,
+       NaN; or only inf and NaN) keep their input bits, and the block remembers the largest
+       ``mag - rlo`` it saw.
     2. Only when a block held such an element: :func:`round_one` on each of them, read back from
        ``src``. When ``out`` is ``src`` a finished element may read back as inf/NaN (an overflow
        result); :func:`round_one` maps every result it gives to itself, so it stays.
@@ -490,13 +548,15 @@ def _round_fast(
             (state hi, state lo, inc hi, inc lo); else unused. ``rand_bits`` must not exceed
             the width of a word.
     """
-    absm, signm, lo, span, maxb = c[0], c[1], c[2], c[3], c[4]
+    absm, signm, lo, maxb = c[0], c[1], c[2], c[4]
     sh_ = _U(c[5] & _SHMASK)
     low = c[6]
     keep = _U(~low)
     half = _U(low >> _U(1))
     one = _U(1)
     ovp, ovn = c[7], c[8]
+    rlo, rspan = c[9], c[10]
+    magic = as_float(c[11])
     rmask = np.uint64(0xFFFFFFFFFFFFFFFF)
     if rand_bits < 64:
         rmask = (np.uint64(1) << np.uint64(rand_bits)) - np.uint64(1)
@@ -531,6 +591,9 @@ def _round_fast(
                 sign = _U(a & signm)
                 if _MODE == RNE:
                     res = _U(_U(mag + _U(half + _U(_U(mag >> sh_) & one))) & keep)
+                    # target subnormals: |x| rounded at the quantum (sub_in_pass_one)
+                    tiny = as_uint((as_float(mag) + magic) - magic)
+                    res = tiny if mag < lo else res
                 elif _MODE == RNA:
                     res = _U(_U(mag + _U(half + one)) & keep)
                 elif _MODE == RUP:
@@ -548,13 +611,13 @@ def _round_fast(
                     res = _U(mag & keep)
                 over = ovp if sign == 0 else ovn
                 fin = over if res > maxb else _U(res | sign)
-                d = _U(mag - lo)
+                d = _U(mag - rlo)
                 worst = max(worst, d)
-                out[i] = a if d > span else fin
-            if worst > span:
+                out[i] = a if d > rspan else fin
+            if worst > rspan:
                 for i in range(start, stop):
                     a = _U(src[i])
-                    if _U(_U(a & absm) - lo) > span:
+                    if _U(_U(a & absm) - rlo) > rspan:
                         r = np.uint64(0)
                         if _MODE == SR:
                             r = words[i - start] if _PCG else np.uint64(rand[i]) & rmask

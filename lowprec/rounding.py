@@ -247,7 +247,11 @@ def round_to(
         fmt: Target format or its name.
         mode: Rounding mode (member or alias such as ``"rne"``, ``"rtz"``, ``"sr"``).
         saturate: Clamp overflow and infinities to +-max (CUDA ``.satfinite``); NaN stays NaN.
-        rng: Required for ``Rounding.STOCHASTIC``: the generator whose raw bits decide.
+        rng: Required for ``Rounding.STOCHASTIC``: the generator whose raw bits decide: the
+            words of one ``rng.bit_generator.random_raw`` draw of ceil(n / per_word) 64-bit
+            words, each cut into per_word = 64 // width words of width 8/16/32/64 >= the
+            random bits, low bits first; ``rng`` ends where that draw leaves it. With PCG64
+            (numpy's default) the compiled loop runs the generator itself on that stream.
         rand_bits: SR only: how many random bits are compared with the discarded fraction
             (P(up) = floor(frac * 2**rand_bits) / 2**rand_bits). Default: enough to be exact
             for every input of the carrier (see :func:`default_rand_bits`), at most 64.

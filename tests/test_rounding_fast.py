@@ -289,3 +289,40 @@ def test_sr_other_bit_generators_keep_the_drawn_words(rng: np.random.Generator) 
     assert g.bit_generator.random_raw(4).tolist() == after.random_raw(4).tolist()
     want = reference_round(x, fmt, Rounding.STOCHASTIC, words=words, rand_bits=bits)
     assert_same_bits(got, want, x, "philox sr")
+
+
+@pytest.mark.parametrize("name", [*FAST_FORMATS, "fp8_e4m3fnuz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", [Rounding.NEAREST_EVEN, Rounding.TOWARD_ZERO])
+def test_every_subnormal_tie_in_blocks(
+    name: str, dtype: Any, mode: Rounding, rng: np.random.Generator
+) -> None:
+    """Every multiple of half the subnormal quantum from 0 to past the smallest normal (each
+    exact value and tie), its carrier neighbours, carrier subnormals, both signs, shuffled into
+    blocks of ordinary values with and without an inf: nearest-even rounds these in the fast
+    loops' first pass where the format allows, the other modes in the second pass."""
+    fmt = get_format(name)
+    q = 2.0 ** (fmt.emin - fmt.man_bits)
+    half_steps = (np.arange(2 * 2**fmt.man_bits + 4) * (q / 2)).astype(dtype)
+    tiny_carrier = np.finfo(dtype).smallest_normal
+    pts = np.concatenate(
+        [
+            half_steps,
+            np.nextafter(half_steps, dtype(np.inf)),
+            np.nextafter(half_steps, dtype(-np.inf)),
+            [
+                tiny_carrier,
+                tiny_carrier / 2,
+                tiny_carrier / 1024,
+                np.finfo(dtype).smallest_subnormal,
+            ],
+            rng.uniform(0, 2.0 * float(fmt.smallest_normal), 2000).astype(dtype),
+        ]
+    ).astype(dtype)
+    pts = np.abs(pts)
+    x = np.concatenate([pts, -pts, rng.standard_normal(3 * BLOCK).astype(dtype)])
+    rng.shuffle(x)
+    x[BLOCK + 7] = np.inf  # one block whose rare elements all go to the second pass
+    got = round_to(x, fmt, mode)
+    want = reference_round(x, fmt, mode)
+    assert_same_bits(got, want, x, f"{name} {mode.value} {dtype.__name__} subnormal ties")
