@@ -368,23 +368,18 @@ as_uint: Any = intrinsic(_as_uint_typing)
 
 
 @numba.njit(cache=True, inline="always")
-def pcg64_next(
-    sh: np.uint64, sl: np.uint64, ih: np.uint64, il: np.uint64
-) -> tuple[np.uint64, np.uint64, np.uint64]:
-    """One PCG64 step: the advanced state (hi, lo) and the 64-bit word it outputs."""
-    sh, sl = _muladd128(sh, sl, _MULT_HI, _MULT_LO, ih, il)
+def pcg64_output(sh: np.uint64, sl: np.uint64) -> np.uint64:
+    """The 64-bit word PCG64 outputs from the (already advanced) state: XSL-RR."""
     x = sh ^ sl
     rot = sh >> np.uint64(58)
-    word = (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
-    return sh, sl, word
+    return (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
 
 
 @numba.njit(cache=True)
-def pcg64_advance(
-    sh: np.uint64, sl: np.uint64, ih: np.uint64, il: np.uint64, delta: int
-) -> tuple[np.uint64, np.uint64]:
-    """The PCG64 state ``delta`` steps on, in O(log delta) (Brown, "Random number generation
-    with arbitrary strides", Trans. ANS 1994): the LCG map composed with itself by squaring."""
+def pcg64_jump(
+    ih: np.uint64, il: np.uint64, delta: int
+) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:
+    """(A, C) as (hi, lo, hi, lo) with state(delta steps on) = A * state + C (mod 2**128)."""
     zero, one = np.uint64(0), np.uint64(1)
     acc_mh, acc_ml = zero, one
     acc_ph, acc_pl = zero, zero
@@ -399,7 +394,17 @@ def pcg64_advance(
         cur_ph, cur_pl = _muladd128(mh, ml, cur_ph, cur_pl, zero, zero)
         cur_mh, cur_ml = _muladd128(cur_mh, cur_ml, cur_mh, cur_ml, zero, zero)
         d >>= 1
-    return _muladd128(acc_mh, acc_ml, sh, sl, acc_ph, acc_pl)
+    return acc_mh, acc_ml, acc_ph, acc_pl
+
+
+@numba.njit(cache=True)
+def pcg64_advance(
+    sh: np.uint64, sl: np.uint64, ih: np.uint64, il: np.uint64, delta: int
+) -> tuple[np.uint64, np.uint64]:
+    """The PCG64 state ``delta`` steps on, in O(log delta) (Brown, "Random number generation
+    with arbitrary strides", Trans. ANS 1994): the LCG map composed with itself by squaring."""
+    ah, al, ch, cl = pcg64_jump(ih, il, delta)
+    return _muladd128(ah, al, sh, sl, ch, cl)
 
 
 BLOCK = 1024
@@ -570,20 +575,40 @@ def _round_fast(
     for g in numba.prange((nblocks + GROUP - 1) // GROUP):
         # PCG: the state before the group's first word; the words run on through its blocks
         sh, sl, ih, il = np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)
+        jh, jl, kh, kl = np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)
         if _PCG:
             ih, il = pcg[2], pcg[3]
             sh, sl = pcg64_advance(pcg[0], pcg[1], ih, il, g * GROUP * BLOCK // _PER_WORD)
+            jh, jl, kh, kl = pcg64_jump(ih, il, 4)
         words = np.empty(BLOCK if _PCG else 0, dtype=np.uint64)
         for b in range(g * GROUP, min(nblocks, (g + 1) * GROUP)):
             start = b * BLOCK
             stop = min(start + BLOCK, n)
             if _PCG:
                 # element t of the block takes word t mod _PER_WORD of raw word t // _PER_WORD,
-                # low bits first: the little-endian view of numpy's random_raw array
-                for j in range((stop - start + _PER_WORD - 1) // _PER_WORD):
-                    sh, sl, w = pcg64_next(sh, sl, ih, il)
+                # low bits first: the little-endian view of numpy's random_raw array. Four
+                # lanes hold the states of raw words 4m .. 4m+3 and each jumps 4 steps at a
+                # time, so that four independent multiplies overlap (a block holds a whole
+                # number of quads; the last block may fill its buffer past its end)
+                h0, l0 = _muladd128(sh, sl, _MULT_HI, _MULT_LO, ih, il)
+                h1, l1 = _muladd128(h0, l0, _MULT_HI, _MULT_LO, ih, il)
+                h2, l2 = _muladd128(h1, l1, _MULT_HI, _MULT_LO, ih, il)
+                h3, l3 = _muladd128(h2, l2, _MULT_HI, _MULT_LO, ih, il)
+                for m in range((stop - start + 4 * _PER_WORD - 1) // (4 * _PER_WORD)):
+                    base = m * 4 * _PER_WORD
+                    w0, w1 = pcg64_output(h0, l0), pcg64_output(h1, l1)
+                    w2, w3 = pcg64_output(h2, l2), pcg64_output(h3, l3)
                     for q in range(_PER_WORD):
-                        words[j * _PER_WORD + q] = (w >> np.uint64(q * (64 // _PER_WORD))) & rmask
+                        qs = np.uint64(q * (64 // _PER_WORD))
+                        words[base + q] = (w0 >> qs) & rmask
+                        words[base + _PER_WORD + q] = (w1 >> qs) & rmask
+                        words[base + 2 * _PER_WORD + q] = (w2 >> qs) & rmask
+                        words[base + 3 * _PER_WORD + q] = (w3 >> qs) & rmask
+                    sh, sl = h3, l3  # the state after raw word 4m+3: where the next block starts
+                    h0, l0 = _muladd128(h0, l0, jh, jl, kh, kl)
+                    h1, l1 = _muladd128(h1, l1, jh, jl, kh, kl)
+                    h2, l2 = _muladd128(h2, l2, jh, jl, kh, kl)
+                    h3, l3 = _muladd128(h3, l3, jh, jl, kh, kl)
             worst = _U(0)
             for i in range(start, stop):
                 a = _U(src[i])
