@@ -209,9 +209,15 @@ def default_rand_bits(dtype: Any, fmt: Format) -> int:
     return 64
 
 
+def _word_width(bits: int) -> int:
+    """The width of SR's random words for ``bits`` random bits: 8, 16, 32 or 64."""
+    return 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
+
+
 def _random_words(rng: np.random.Generator, n: int, bits: int) -> NDArray[Any]:
-    """``n`` uniformly random words of at least ``bits`` bits, drawn from ``rng`` cheaply."""
-    width = 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
+    """``n`` uniformly random words of at least ``bits`` bits, drawn from ``rng`` cheaply: the
+    little-endian view of ``ceil(n / per_word)`` raw 64-bit words as ``per_word`` words each."""
+    width = _word_width(bits)
     per_word = 64 // width
     raw = rng.bit_generator.random_raw(-(-n // per_word))
     return np.asarray(raw, dtype=np.uint64).view(f"<u{width // 8}")[:n]
@@ -248,7 +254,11 @@ def round_to(
         fmt: Target format or its name.
         mode: Rounding mode (member or alias such as ``"rne"``, ``"rtz"``, ``"sr"``).
         saturate: Clamp overflow and infinities to +-max (CUDA ``.satfinite``); NaN stays NaN.
-        rng: Required for ``Rounding.STOCHASTIC``: the generator whose raw bits decide.
+        rng: Required for ``Rounding.STOCHASTIC``: the generator whose raw bits decide: the
+            words of one ``rng.bit_generator.random_raw`` draw of ceil(n / per_word) 64-bit
+            words, each cut into per_word = 64 // width words of width 8/16/32/64 >= the
+            random bits, low bits first; ``rng`` ends where that draw leaves it. With PCG64
+            (numpy's default) the compiled loop runs the generator itself on that stream.
         rand_bits: SR only: how many random bits are compared with the discarded fraction
             (P(up) = floor(frac * 2**rand_bits) / 2**rand_bits). Default: enough to be exact
             for every input of the carrier (see :func:`default_rand_bits`), at most 64.
@@ -369,7 +379,9 @@ def _round_flat(
     code = int(_MODE_CODE[mode])
     args = (cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, flags)
     s, d = src.view(view), dst.view(view)
-    if _k.fast_applies(cm, fmt.man_bits, flags):
+    no_words = np.empty(0, dtype=np.uint64)
+    fast = _k.fast_applies(cm, fmt.man_bits, flags)
+    if fast:
         consts = _k.fast_constants(
             s.dtype, cm, ce, cb, fmt.man_bits, fmt.emin, max_bits, flags, code
         )
@@ -377,7 +389,7 @@ def _round_flat(
 
         def run(lo: int, hi: int, rand: NDArray[Any], bits: int) -> None:
             loop = twins[0] if use_parallel(hi - lo) else twins[1]
-            loop(s[lo:hi], d[lo:hi], rand, consts, *args, bits)
+            loop(s[lo:hi], d[lo:hi], rand, consts, *args, bits, no_words)
 
     else:
 
@@ -386,13 +398,31 @@ def _round_flat(
             loop(s[lo:hi], d[lo:hi], rand, *args, code, bits)
 
     if mode is not Rounding.STOCHASTIC:
-        run(0, s.size, np.empty(0, dtype=np.uint64), 64)
+        run(0, s.size, no_words, 64)
         return
     assert rng is not None
     bits = int(rand_bits) if rand_bits is not None else default_rand_bits(src.dtype, fmt)
+    if fast and isinstance(rng.bit_generator, np.random.PCG64):
+        # the words _random_words would draw, drawn inside the loop from the same PCG64 state
+        per_word = 64 // _word_width(bits)
+        state = rng.bit_generator.state
+        pcg = _pcg_halves(state["state"]["state"], state["state"]["inc"])
+        twins = _k.SR_PCG_LOOPS[(s.dtype, per_word)]
+        loop = twins[0] if use_parallel(s.size) else twins[1]
+        loop(s, d, no_words, consts, *args, bits, pcg)
+        new_hi, new_lo = _k.pcg64_advance(pcg[0], pcg[1], pcg[2], pcg[3], -(-s.size // per_word))
+        state["state"]["state"] = (int(new_hi) << 64) | int(new_lo)
+        rng.bit_generator.state = state
+        return
     for lo in range(0, s.size, _SR_CHUNK):
         hi = min(lo + _SR_CHUNK, s.size)
         run(lo, hi, _random_words(rng, hi - lo, bits), bits)
+
+
+def _pcg_halves(state: int, inc: int) -> NDArray[np.uint64]:
+    """A PCG64 state and increment (128-bit ints) as uint64 (state hi, lo, inc hi, lo)."""
+    low = (1 << 64) - 1
+    return np.array([state >> 64, state & low, inc >> 64, inc & low], dtype=np.uint64)
 
 
 def _codes_check(bits: ArrayLike, fmt: Format) -> NDArray[np.int64]:

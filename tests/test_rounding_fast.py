@@ -212,3 +212,117 @@ def test_sr_stream_is_one_draw_across_chunks(name: str, rng: np.random.Generator
     pick = np.concatenate([np.arange(1 << 18, (1 << 18) + 100), rng.choice(n, 300), [n - 1]])
     want = reference_round(x[pick], fmt, Rounding.STOCHASTIC, words=words[pick], rand_bits=bits)
     assert_same_bits(got[pick], want, x[pick], f"{name} sr across chunks")
+
+
+def _documented_words(seed: int, n: int, bits: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The words SR documents it consumes (whole raw words of numpy's generator, cut into
+    words of 8/16/32/64 bits, low bits first), and the generator's state after that draw."""
+    width = 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
+    g = np.random.default_rng(seed)
+    raw = np.asarray(g.bit_generator.random_raw(-(-n // (64 // width))), dtype=np.uint64)
+    return raw.view(f"<u{width // 8}")[:n], g.bit_generator.state
+
+
+def _stream_picks(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices where the stream could go wrong: both ends, block and group (64 blocks)
+    boundaries, where the compiled loop jumps its PCG64 state ahead, and random ones."""
+    edges = [0, BLOCK, 64 * BLOCK, 128 * BLOCK, n]
+    near = np.concatenate([np.arange(e - 40, e + 40) for e in edges])
+    pick = np.concatenate([near, rng.choice(n, 200)])
+    return np.unique(pick[(pick >= 0) & (pick < n)])
+
+
+@pytest.mark.parametrize("name", FAST_FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, BLOCK + 3, 2 * 64 * BLOCK + 11])
+def test_sr_pcg64_stream_in_the_loop(name: str, dtype: Any, n: int, rng: np.random.Generator):
+    """With numpy's PCG64 the fast loops draw SR's words themselves; they are the documented
+    words (one ``random_raw`` draw), at every size, and the generator ends in the same state."""
+    fmt = get_format(name)
+    x = (rng.standard_normal(n) * fmt.max / 8).astype(dtype)
+    x[rng.choice(n, min(n, 50))] *= float(fmt.smallest_normal / fmt.max)  # target subnormals
+    seed = int(rng.integers(1 << 31))
+    g = np.random.default_rng(seed)
+    got = round_to(x, fmt, "sr", rng=g)
+    bits = default_rand_bits(dtype, fmt)
+    words, state = _documented_words(seed, n, bits)
+    assert g.bit_generator.state == state
+    pick = _stream_picks(n, rng)
+    want = reference_round(x[pick], fmt, Rounding.STOCHASTIC, words=words[pick], rand_bits=bits)
+    assert_same_bits(got[pick], want, x[pick], f"{name} {dtype.__name__} n={n} sr")
+
+
+@pytest.mark.parametrize("rand_bits", [3, 8, 9, 16, 17, 33, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sr_pcg64_stream_every_word_width(rand_bits: int, dtype: Any, rng: np.random.Generator):
+    """Every word width (8 per raw word down to 1) and a number of elements that is not a
+    whole number of raw words, against the documented words and the final state."""
+    fmt = get_format("fp8_e4m3fn")
+    n = 64 * BLOCK + 5
+    x = (rng.standard_normal(n) * fmt.max / 8).astype(dtype)
+    seed = int(rng.integers(1 << 31))
+    g = np.random.default_rng(seed)
+    got = round_to(x, fmt, "sr", rng=g, rand_bits=rand_bits)
+    words, state = _documented_words(seed, n, rand_bits)
+    assert g.bit_generator.state == state
+    pick = _stream_picks(n, rng)
+    want = reference_round(
+        x[pick], fmt, Rounding.STOCHASTIC, words=words[pick], rand_bits=rand_bits
+    )
+    assert_same_bits(got[pick], want, x[pick], f"rand_bits={rand_bits} {dtype.__name__} sr")
+
+
+def test_sr_other_bit_generators_keep_the_drawn_words(rng: np.random.Generator) -> None:
+    """A generator on another bit generator (Philox) gives SR the words of its own
+    ``random_raw`` draw, and ends where that draw leaves it."""
+    fmt = get_format("bf16")
+    n = 3 * BLOCK + 1
+    x = rng.standard_normal(n).astype(np.float32)
+    seed = int(rng.integers(1 << 31))
+    g = np.random.Generator(np.random.Philox(seed))
+    got = round_to(x, fmt, "sr", rng=g)
+    bits = default_rand_bits(np.float32, fmt)
+    after = np.random.Philox(seed)
+    raw = after.random_raw(-(-n // (64 // bits)))
+    words = np.asarray(raw, dtype=np.uint64).view(f"<u{bits // 8}")[:n]
+    # Philox's state holds arrays: the next words tell whether both stand at the same place
+    assert g.bit_generator.random_raw(4).tolist() == after.random_raw(4).tolist()
+    want = reference_round(x, fmt, Rounding.STOCHASTIC, words=words, rand_bits=bits)
+    assert_same_bits(got, want, x, "philox sr")
+
+
+@pytest.mark.parametrize("name", [*FAST_FORMATS, "fp8_e4m3fnuz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", [Rounding.NEAREST_EVEN, Rounding.TOWARD_ZERO])
+def test_every_subnormal_tie_in_blocks(
+    name: str, dtype: Any, mode: Rounding, rng: np.random.Generator
+) -> None:
+    """Every multiple of half the subnormal quantum from 0 to past the smallest normal (each
+    exact value and tie), its carrier neighbours, carrier subnormals, both signs, shuffled into
+    blocks of ordinary values with and without an inf: nearest-even rounds these in the fast
+    loops' first pass where the format allows, the other modes in the second pass."""
+    fmt = get_format(name)
+    q = 2.0 ** (fmt.emin - fmt.man_bits)
+    half_steps = (np.arange(2 * 2**fmt.man_bits + 4) * (q / 2)).astype(dtype)
+    tiny_carrier = np.finfo(dtype).smallest_normal
+    pts = np.concatenate(
+        [
+            half_steps,
+            np.nextafter(half_steps, dtype(np.inf)),
+            np.nextafter(half_steps, dtype(-np.inf)),
+            [
+                tiny_carrier,
+                tiny_carrier / 2,
+                tiny_carrier / 1024,
+                np.finfo(dtype).smallest_subnormal,
+            ],
+            rng.uniform(0, 2.0 * float(fmt.smallest_normal), 2000).astype(dtype),
+        ]
+    ).astype(dtype)
+    pts = np.abs(pts)
+    x = np.concatenate([pts, -pts, rng.standard_normal(3 * BLOCK).astype(dtype)])
+    rng.shuffle(x)
+    x[BLOCK + 7] = np.inf  # one block whose rare elements all go to the second pass
+    got = round_to(x, fmt, mode)
+    want = reference_round(x, fmt, mode)
+    assert_same_bits(got, want, x, f"{name} {mode.value} {dtype.__name__} subnormal ties")
