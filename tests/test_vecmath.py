@@ -1,4 +1,5 @@
-"""fp32 FMA and ATen's exp_u20 against an exact reference (Fractions, one rounding per step)."""
+"""fp32 FMA and ATen's exp_u20 and fexp_u20 against exact references (Fractions, one rounding
+per step)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import numpy as np
 import pytest
 
 from lowprec.reference import round_fraction
-from lowprec.vecmath import EXP_U20_COEFFS, LN2, LN_FLT_MAX, LN_FLT_MIN, LOG2E, fma32, torch_exp_u20
+from lowprec.vecmath import (
+    EXP_U20_COEFFS,
+    FEXP_U20_COEFFS,
+    LN2,
+    LN_FLT_MAX,
+    LN_FLT_MIN,
+    LOG2E,
+    fma32,
+    torch_exp_u20,
+    torch_fexp_u20,
+)
 
 
 def _fma_ref(a: float, b: float, c: float) -> float:
@@ -97,3 +108,70 @@ def test_exp_u20_writes_into_out_and_maps_minus_inf_to_zero() -> None:
     out = np.empty(3)
     assert torch_exp_u20(x, out=out) is out
     assert out[0] == 0.0 and out[1] == 1.0 and out[2] == pytest.approx(math.exp(-1), rel=1e-6)
+
+
+def _fexp_u20_ref(x: float) -> float:
+    """fexp_u20 step by step with Fractions and Python ints: each fp32 operation rounded once,
+    the int32 truncation and the bit reinterpretation done on integers."""
+    if math.isnan(x):
+        return -0.0  # every compare is false; cvttps of NaN is 0x80000000
+    if x < LN_FLT_MIN:
+        return 0.0
+    if x > LN_FLT_MAX:
+        return math.inf
+    y = round_fraction(Fraction(x) * Fraction(LOG2E), "fp32")
+    f = round_fraction(Fraction(y) - math.floor(y), "fp32")
+    d0, d1, d2, d3 = FEXP_U20_COEFFS
+    q = _fma_ref(_fma_ref(_fma_ref(f, d3, d2), f, d1), f, d0)
+    z = round_fraction(Fraction(y) - Fraction(q), "fp32")
+    t = _fma_ref(2.0**23, z, 127 * 2.0**23)
+    bits = int(t) if abs(t) < 2**31 else -(2**31)  # int() truncates toward zero
+    return float(np.array(bits & 0xFFFFFFFF, dtype=np.uint32).view(np.float32))
+
+
+def test_fexp_u20_constants_are_the_literals_rounded_to_fp32() -> None:
+    want = (
+        Fraction("0.00010703434948458272"),
+        Fraction("0.30354260500649682"),
+        Fraction(-0.22433836478672356),
+        Fraction(-0.079204240219773236),
+    )
+    for got, w in zip(FEXP_U20_COEFFS, want, strict=True):
+        assert got == round_fraction(w, "fp32")
+
+
+def test_fexp_u20_matches_its_exact_step_by_step_reference() -> None:
+    rng = np.random.default_rng(11)
+    xs = np.concatenate(
+        [
+            np.float32(rng.uniform(-88, 0, 3000)).astype(np.float64),
+            np.float32(rng.uniform(-1, 1, 500)).astype(np.float64),
+            _f32(rng, 300, -40, 1),  # tiny |x|: y - floor(y) rounds for -1 < y < 0
+            # the masks and their neighbours, zeros, integers of y, the top of the range
+            np.array([LN_FLT_MIN, LN_FLT_MAX, -87.0, -87.3, -86.6, -100.0, 88.0, 0.0, -0.0]),
+            np.array([-math.log(2) * k for k in range(1, 8)]),
+            np.array([np.inf, -np.inf, np.nan]),
+        ]
+    )
+    got = torch_fexp_u20(xs)
+    want = np.array([_fexp_u20_ref(float(x)) for x in xs])
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_fexp_u20_is_a_coarse_exp_unlike_exp_u20() -> None:
+    # its relative error against exp is ~2^-13 (ATen's name says 20 ulps; it is ~1000): so it
+    # is the one that moves P-bar's bf16 rounding, where exp_u20's few ulps almost never do
+    x = np.float32(np.linspace(-80, 0, 20001)).astype(np.float64)
+    exact = np.exp(x)
+    rel = np.abs(torch_fexp_u20(x) - exact) / exact
+    assert 2.0**-14 < rel.max() < 2.0**-12
+    rel_u20 = np.abs(torch_exp_u20(x) - exact) / exact
+    assert rel_u20.max() < 2.0**-20
+
+
+def test_fexp_u20_writes_into_out() -> None:
+    x = np.array([-np.inf, 0.0, -1.0])
+    out = np.empty(3)
+    assert torch_fexp_u20(x, out=out) is out
+    assert out[0] == 0.0 and out[1] == pytest.approx(1.0, rel=2.0**-12)

@@ -54,7 +54,13 @@ from lowprec.formats import Format, is_exact
 from lowprec.kernels.policy import AttentionPolicy
 from lowprec.rounding import Rounding, as_carrier, format_flags, round_to
 from lowprec.scaling import quantize_per_block, quantize_per_tensor, random_hadamard, rotate
-from lowprec.vecmath import ex2_approx_model, exp2_cr, fa4_exp2_poly3, torch_exp_u20
+from lowprec.vecmath import (
+    ex2_approx_model,
+    exp2_cr,
+    fa4_exp2_poly3,
+    torch_exp_u20,
+    torch_fexp_u20,
+)
 
 F64 = NDArray[np.float64]
 
@@ -526,9 +532,13 @@ def _exp_cast(
     return p, _r(p, cast), None, None
 
 
+_EXP_FNS: dict[str, Any] = {"torch_exp_u20": torch_exp_u20, "torch_fexp_u20": torch_fexp_u20}
+
+
 def _exp_fn(policy: AttentionPolicy) -> Any:
-    """The forward's exp: numpy's float64 exp (then rounded into exp_fmt) or ATen's exp_u20."""
-    return torch_exp_u20 if policy.exp_impl == "torch_exp_u20" else np.exp
+    """The forward's exp: numpy's float64 exp (then rounded into exp_fmt) or one of ATen's fp32
+    vector exps."""
+    return _EXP_FNS.get(policy.exp_impl, np.exp)
 
 
 _EXP2_FNS: dict[str, Any] = {

@@ -64,8 +64,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_scaling": ("none", "tensor", "block", "mx"),
     "delta_source": ("output", "recompute", "dp_p"),
     "final_op": ("divide", "reciprocal"),
-    "exp_impl": ("exact", "torch_exp_u20", "exp2_cr", "fa4_poly3", "ex2_approx"),
+    "exp_impl": ("exact", "torch_exp_u20", "torch_fexp_u20", "exp2_cr", "fa4_poly3", "ex2_approx"),
 }
+_TORCH_EXPS = ("torch_exp_u20", "torch_fexp_u20")
 _EXP2_IMPLS = ("exp2_cr", "fa4_poly3", "ex2_approx")
 
 
@@ -98,13 +99,14 @@ class AttentionPolicy:
         scores_fmt: Format S is stored in.
         exp_fmt: Format of the exponent's argument (S - m, or the FMA) and of P-bar = exp(.).
         exp_impl: The forward's exp of S - m: ``"exact"`` (the exact exp rounded into
-            ``exp_fmt``) or ``"torch_exp_u20"`` (ATen's fp32 vector polynomial, bit for bit:
-            :func:`lowprec.vecmath.torch_exp_u20`; needs an fp32 ``exp_fmt`` and the scale on
-            the scores); or, with ``scale_apply="exp2"`` and an fp32 ``exp_fmt``, an fp32 exp2:
-            ``"exp2_cr"`` (correctly rounded), ``"fa4_poly3"`` (FlashAttention-4's degree-3
-            polynomial) or ``"ex2_approx"`` (the model of the hardware ``ex2.approx.f32``), see
-            :mod:`lowprec.vecmath`. The backward's recomputed P and the blocked kernel's
-            rescale factor stay ``"exact"``.
+            ``exp_fmt``), ``"torch_exp_u20"`` or ``"torch_fexp_u20"`` (ATen's fp32 vector
+            exps, bit for bit: :func:`lowprec.vecmath.torch_exp_u20`,
+            :func:`lowprec.vecmath.torch_fexp_u20`; they need an fp32 ``exp_fmt`` and the
+            scale on the scores); or, with ``scale_apply="exp2"`` and an fp32 ``exp_fmt``, an
+            fp32 exp2: ``"exp2_cr"`` (correctly rounded), ``"fa4_poly3"`` (FlashAttention-4's
+            degree-3 polynomial) or ``"ex2_approx"`` (the model of the hardware
+            ``ex2.approx.f32``), see :mod:`lowprec.vecmath`. The backward's recomputed P and the
+            blocked kernel's rescale factor stay ``"exact"``.
         row_sum_accum: Accumulation model of the row sum of P-bar (a block of it when blocked).
         state_fmt: Format of the softmax state: the scale constants, the running row sum l,
             the rescale factor exp(m_old - m_new) and the final 1/l or division.
@@ -231,8 +233,8 @@ class AttentionPolicy:
         - ``final_op="reciprocal"`` with ``normalize="probs"``: O is never divided.
         - ``scale_block_q`` / ``scale_block_k`` other than 128 without ``input_scaling="block"``.
         - a non-nearest ``pv_rounding`` into an exact ``pv_fmt``: exact values are not rounded.
-        - ``exp_impl="torch_exp_u20"`` with an ``exp_fmt`` other than fp32 or with
-          ``scale_apply="exp2"``: the polynomial is an fp32 natural-log exp.
+        - ``exp_impl`` ``"torch_exp_u20"`` or ``"torch_fexp_u20"`` with an ``exp_fmt`` other
+          than fp32 or with ``scale_apply="exp2"``: they are fp32 natural-log exps.
         - an fp32 exp2 ``exp_impl`` without ``scale_apply="exp2"`` and an fp32 ``exp_fmt``.
         """
         conflicts = []
@@ -260,13 +262,11 @@ class AttentionPolicy:
                 f"pv_rounding={pv_mode.value!r} with an exact pv_fmt: exact values are "
                 "not rounded (name the format the PV result is held in)"
             )
-        if self.exp_impl == "torch_exp_u20" and (
-            self.exp_fmt != fp32 or self.scale_apply == "exp2"
-        ):
+        if self.exp_impl in _TORCH_EXPS and (self.exp_fmt != fp32 or self.scale_apply == "exp2"):
             conflicts.append(
-                f"exp_impl='torch_exp_u20' with exp_fmt={self.fmt('exp').name} and "
-                f"scale_apply={self.scale_apply!r}: ATen's exp_u20 takes and gives fp32 and is "
-                "a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or 'qk_sqrt')"
+                f"exp_impl={self.exp_impl!r} with exp_fmt={self.fmt('exp').name} and "
+                f"scale_apply={self.scale_apply!r}: ATen's vector exp takes and gives fp32 and "
+                "is a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or 'qk_sqrt')"
             )
         if self.exp_impl in _EXP2_IMPLS and (self.exp_fmt != fp32 or self.scale_apply != "exp2"):
             conflicts.append(
@@ -551,8 +551,10 @@ def torch_cpu_flash(
     """torch's CPU flash attention on ``fmt`` tensors: FlashAttention-2's steps, scale on S.
 
     Mirrors ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``: S = q k^T in fp32, scaled in
-    fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32 by ATen's ``exp_u20``
-    polynomial (:func:`lowprec.vecmath.torch_exp_u20`), its row sum in fp32;
+    fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32 by ATen's ``fexp_u20``
+    (:func:`lowprec.vecmath.torch_fexp_u20`; measured: the forward output is then bit-identical
+    to both committed torch 2.13 CPU captures, while ``exp_u20`` leaves 1-33 % of it differing),
+    its row sum in fp32;
     P-bar cast to ``fmt`` before the PV product, added to the rescaled fp32 O; O times the fp32
     reciprocal of l, cast to ``fmt``. Backward as FlashAttention-2's: D from the output, P
     recomputed from lse, dS cast to ``fmt``. The CPU's products are not tensor cores: the score
@@ -563,7 +565,7 @@ def torch_cpu_flash(
     f = get_format(fmt)
     return _fa2(f"torch_cpu_flash_{f.name}", f).replace(
         scale_apply="scores",
-        exp_impl="torch_exp_u20",
+        exp_impl="torch_fexp_u20",
         scores_accum=scores_accum,
         pv_accum=pv_accum,
         dp_accum=scores_accum,
