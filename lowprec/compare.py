@@ -67,8 +67,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lowprec.accum import Chunked, RoundOnce, matmul
-from lowprec.accum.cpu import ONEDNN_CHUNK_SHORT, Interleaved, PairSwapped, onednn_bf16
+from lowprec.accum import Chunked, RoundOnce, Sequential, matmul
+from lowprec.accum.cpu import (
+    ONEDNN_CHUNK_SHORT,
+    Interleaved,
+    PairSwapped,
+    VectorLanes,
+    onednn_bf16,
+)
 from lowprec.capture import Capture, Case, case_inputs, inputs_digest, load_capture
 from lowprec.errors import ConfigError, LowprecError
 from lowprec.formats import Format, bf16, fp32, get_format
@@ -85,6 +91,8 @@ MKLDNN_MIN_MNK = 16 * 16 * 16
 # torch CPU flash attention: kvSplitSize, and qSplitSize by query length (FlashAttentionKernel.cpp)
 CPU_FLASH_KV_SPLIT = 512
 CPU_FLASH_Q_SPLITS = ((768, 256), (192, 64), (0, 32))
+# fp32 elements per vector register by torch's CPU capability (Vectorized<float>::size())
+CPU_FP32_LANES = {"AVX2": 8, "AVX512": 16}
 # FlashAttention-2 key block for head dim <= 64 (flash_fwd_launch_template.h); efficient: 64
 FA2_BLOCK_K = 128
 EFFICIENT_BLOCK_K = 64
@@ -180,14 +188,18 @@ def torch_cpu_flash_policy(fmt: Format, d: int, facts: dict[str, Any]) -> Attent
     The steps are :func:`lowprec.kernels.policy.torch_cpu_flash`'s; this picks its products'
     accumulation models from the device facts (oneDNN or ATen's loop).
     """
-    probe = Case("scores", "matmul", fmt.name, "normal", 0, (1, d, 1))
-    scores, _ = matmul_model(probe, facts, mixed_out=True)
-    pv = (
-        Chunked(fp32, ONEDNN_CHUNK_SHORT, PairSwapped(fp32))
-        if _cpu_uses_onednn(fmt, facts)
-        else Interleaved(fp32, 4)
+    if _cpu_uses_onednn(fmt, facts):
+        probe = Case("scores", "matmul", fmt.name, "normal", 0, (1, d, 1))
+        scores, _ = matmul_model(probe, facts, mixed_out=True)
+        return torch_cpu_flash(fmt, scores, Chunked(fp32, ONEDNN_CHUNK_SHORT, PairSwapped(fp32)))
+    lanes = CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
+    pv = Chunked(fp32, CPU_FLASH_KV_SPLIT, Sequential(fp32))  # the block's sum, then + O
+    return torch_cpu_flash(fmt, Sequential(fp32), pv).replace(
+        row_sum_accum=VectorLanes(fp32, lanes, 2),
+        delta_accum=VectorLanes(fp32, lanes, 2),
+        grad_accum=Interleaved(fp32, 4),
+        grad_kv_accum=Sequential(fp32),
     )
-    return torch_cpu_flash(fmt, scores, pv)
 
 
 torch_math_policy = torch_math
@@ -265,10 +277,10 @@ def _attention_backward(
             dout[:, :, sl],
             part_pol,
             block_k=model.block_k,
+            dkv_init=(dk, dv),
         )
         dq[:, :, sl] = _r(g.dq, gfmt)
-        dk = _r(_r(dk + g.dk, fp32), gfmt)
-        dv = _r(_r(dv + g.dv, fp32), gfmt)
+        dk, dv = _r(g.dk, gfmt), _r(g.dv, gfmt)
     return dq, dk, dv
 
 

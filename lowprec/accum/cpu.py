@@ -8,7 +8,11 @@ Which model mirrors which CPU kernel, and how the chunk lengths were measured, i
 * :func:`onednn_bf16`: oneDNN's brgemm bf16 matmul, :class:`PairSwapped` within K chunks of 512
   (K <= 1024) or 1024, each chunk added to the fp32 result (:class:`lowprec.accum.Chunked`);
 * :class:`Interleaved`: ATen's own ``sum`` loop (``aten/src/ATen/native/cpu/BlasKernel.cpp``),
-  four interleaved fp32 accumulators summed in order.
+  four interleaved fp32 accumulators summed in order;
+* :class:`VectorLanes`: ATen's vectorised reduced-precision dot product with fp32 arithmetic
+  (``dot_with_fp32_arith``, ``aten/src/ATen/native/cpu/ReducedPrecisionFloatGemvFastPathKernel.cpp``
+  and its bf16 twin in ``BlasKernel.cpp``): one fp32 accumulator per element of an unrolled
+  iteration of 8 vector registers, reduced by halving trees.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from lowprec.accum.core import F64, AccumModel, Chunked, Sequential, add_round
 from lowprec.formats import Format, fp32, get_format
+from lowprec.rounding import round_to
 
 # oneDNN brgemm matmul on AVX512-BF16: K chunk per product length (measured; see lowprec.compare)
 ONEDNN_CHUNK_SHORT = 512
@@ -76,6 +82,72 @@ class Interleaved(AccumModel):
             part = seq.matmul(a[..., idx], b[..., idx, :])
             total = part if total is None else add_round(total, part, fmt)
         assert total is not None
+        return total if c is None else add_round(total, c, fmt)
+
+
+@dataclass(frozen=True)
+class VectorLanes(AccumModel):
+    """ATen's vectorised dot product of bf16/fp16 operands in fp32 (``dot_with_fp32_arith``).
+
+    With ``W = lanes`` fp32 elements per vector register (8 on AVX2, 16 on AVX-512) and ``R =
+    registers`` registers unrolled (8):
+
+    1. Main loop over the longest multiple of ``R W`` of K: element ``e`` of each iteration goes
+       into accumulator ``e`` (register ``e // W``, lane ``e % W``) by an fp32 FMA, so each
+       accumulator is a sequential sum of products ``e, e + R W, ...``.
+    2. Registers summed by halving: ``x[i] += x[i + R/2]``, then ``R/4``, ... down to one
+       register; its lanes by the same halving (lane ``l`` plus lane ``l ^ W/2``, then ``^ W/4``,
+       ...: ``vec_reduce_all``'s permutes), each add rounded to ``fmt``.
+    3. First tail, the longest multiple of ``2 W`` left (one bf16/fp16 vector of ``2 W``
+       elements, widened to two fp32 halves): lane ``l`` takes element ``l`` then ``W + l`` of
+       each such vector by FMA; the lanes are halved as in 2 and the result added to the main
+       sum.
+    4. Last tail, element by element: ``sum += x_j y_j`` where the product of two c10
+       ``BFloat16``/``Half`` scalars is rounded to ``product_fmt`` (c10's scalar operators
+       compute in float and return the reduced type), then added in ``fmt``.
+
+    ``c`` (the ``beta = 1`` accumulation) is added to the dot product last.
+
+    Attributes:
+        fmt: Accumulator format.
+        lanes: fp32 elements per vector register.
+        registers: Registers of the unrolled main loop.
+        product_fmt: Format the last tail's scalar products are rounded to (``None``: exact).
+    """
+
+    fmt: Format | str = fp32
+    lanes: int = 8
+    registers: int = 8
+    product_fmt: Format | str | None = None
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        fmt = get_format(self.fmt)
+        w, k = self.lanes, a.shape[-1]
+        step = w * self.registers
+        main, vec = k - k % step, k - k % (2 * w)
+        seq = Sequential(fmt)
+        shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+        zero = np.zeros(shape)  # every accumulator starts at +0 (Vectorized<float>(0))
+
+        def lane(idx: NDArray[np.intp]) -> F64:
+            return seq.matmul(a[..., idx], b[..., idx, :], zero)
+
+        def halve(parts: list[F64]) -> F64:
+            while len(parts) > 1:
+                h = len(parts) // 2
+                parts = [add_round(parts[i], parts[i + h], fmt) for i in range(h)]
+            return parts[0]
+
+        total = halve([lane(np.arange(e, main, step)) for e in range(step)])
+        if vec > main:
+            starts = np.arange(main, vec, 2 * w)
+            tails = [np.stack([starts + i, starts + w + i], axis=-1).ravel() for i in range(w)]
+            total = add_round(total, halve([lane(t) for t in tails]), fmt)
+        for j in range(vec, k):
+            prod = a[..., :, j : j + 1] * b[..., j : j + 1, :]
+            if self.product_fmt is not None:
+                prod = np.asarray(round_to(prod, get_format(self.product_fmt)), dtype=np.float64)
+            total = add_round(total, prod, fmt)
         return total if c is None else add_round(total, c, fmt)
 
 

@@ -632,13 +632,19 @@ def _scale_o(c: F64, o: F64, fmt: Format) -> F64:
 
 
 def _finish(o: F64, ell: F64, m: F64, policy: AttentionPolicy, k: _Consts) -> tuple[F64, F64]:
-    """O / l into the output format, and lse = m * units + log l."""
+    """O / l into the output format, and lse = m * units + log l.
+
+    log l is rounded into ``lse_fmt`` before the sum, as a kernel's fp32 ``logf(l)`` is (torch's
+    CPU flash attention, FlashAttention-2); m * units + log l is then rounded once (an fp32 FMA
+    where units != 1).
+    """
     held = _fmt(policy, "pv")
     if policy.final_op == "reciprocal":
         out = _r(o * _r(1.0 / ell, _fmt(policy, "state")), held)
     else:
         out = _r(o / ell, held)
-    lse = _r(m * k.units + np.log(ell), _fmt(policy, "lse"))
+    lf = _fmt(policy, "lse")
+    lse = _r(m * k.units + _r(np.log(ell), lf), lf)
     return _r(out, _fmt(policy, "out")), lse[..., 0]
 
 
@@ -853,6 +859,7 @@ def _backward_heads(
     bk: int,
     policy: AttentionPolicy,
     kc: _Consts,
+    dkv_init: tuple[F64, F64] | None,
 ) -> tuple[F64, F64, F64, F64]:
     """:func:`backward` on a batch of kv heads, queries grouped as in the forward: (dq, dk, dv,
     delta) for them, each (B, H_kv, rows, ...)."""
@@ -896,19 +903,26 @@ def _backward_heads(
     do_t, qg_t = (
         np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2) for x in (do, qg)
     )
+    gkv = gacc if policy.grad_kv_accum is None else policy.grad_kv_accum
     dq_acc: F64 | None = None
     dk_parts, dv_parts = [], []
     for j0, j1 in blocks:
         p, p_cast = probs_cast(j0, j1)  # (B, H_kv, R, C)
-        dv_parts.append(matmul(np.swapaxes(p_cast, -1, -2), do_t, accum=gacc))
+        dv0 = None if dkv_init is None else dkv_init[1][:, :, j0:j1]
+        dv_parts.append(gkv.matmul(np.swapaxes(p_cast, -1, -2), do_t, dv0))
         dp = d_p(j0, j1)
         ds, ds_stats = _fused_ds(p, dp, delta, dpf, dsf)  # (B, H_kv, R, C)
         dq_acc = gacc.matmul(ds, ks[:, :, j0:j1], dq_acc, prepared=ds_stats)
-        dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg_t, accum=gacc))
+        if dkv_init is None:
+            dk_parts.append(matmul(np.swapaxes(ds, -1, -2), qg_t, accum=gkv))
+        else:  # the scale goes into dS before the product, which starts from the given dK
+            dss = _r(np.swapaxes(ds, -1, -2) * qscale, st)
+            dk_parts.append(gkv.matmul(dss, qg_t, dkv_init[0][:, :, j0:j1]))
     assert dq_acc is not None
     gout = _fmt(policy, "grad_out")
     dq = _r(_r(dq_acc * qscale, st), gout)
-    dk = _r(_r(np.concatenate(dk_parts, axis=2) * qscale, st), gout)
+    dk_all = np.concatenate(dk_parts, axis=2)
+    dk = _r(dk_all if dkv_init is not None else _r(dk_all * qscale, st), gout)
     dv = _r(np.concatenate(dv_parts, axis=2), gout)
     return dq, dk, dv, delta
 
@@ -925,6 +939,7 @@ def backward(
     causal: bool = False,
     scale: float | None = None,
     block_k: int | None = None,
+    dkv_init: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> AttentionGrads:
     """FlashAttention-2 backward (Dao, arXiv 2307.08691, Algorithm 2), naive or blocked.
 
@@ -945,6 +960,10 @@ def backward(
         causal: Mask as in the forward.
         scale: Softmax scale; default 1/sqrt(D).
         block_k: Keys per block; None: all keys at once.
+        dkv_init: (dK, dV) to accumulate into, shaped as the returned dk and dv: their products
+            start from these values (the beta = 1 GEMMs of a kernel that adds each query
+            block's product into the gradient tensor, as torch's CPU flash attention does), and
+            the scale multiplies dS (rounded into ``state_fmt``) before the dK product.
 
     Returns:
         :class:`AttentionGrads` with gradients with respect to the rounded inputs.
@@ -984,6 +1003,19 @@ def backward(
     b, r = qg.shape[0], qg.shape[2]
     bh = b * hk
     flat = [x.reshape(bh, *x.shape[2:]) for x in (qg, ks, va, do, og, lse_g)]
+    init = None
+    if dkv_init is not None:
+        init = tuple(
+            np.asarray(as_carrier(x, name), dtype=np.float64)
+            for x, name in zip(dkv_init, ("dkv_init[0]", "dkv_init[1]"), strict=True)
+        )
+        for x, want_shape in zip(init, (ka.shape, va.shape), strict=True):
+            if x.shape != want_shape or not np.isfinite(x).all():
+                raise ShapeError(
+                    f"dkv_init has an array of shape {x.shape}; expected finite values of "
+                    f"shape {want_shape} (as k and v)"
+                )
+        init = tuple(x.reshape(bh, *x.shape[2:]) for x in init)
     grads = (
         np.empty((bh, r, qg.shape[-1])),
         np.empty((bh, *ks.shape[2:])),
@@ -993,7 +1025,8 @@ def backward(
 
     def heads(lo: int, hi: int) -> None:
         qh, kh, vh, doh, oh, lh = (x[None, lo:hi] for x in flat)
-        part = _backward_heads(qh, kh, vh, doh, oh, lh, pos, offset, causal, bk, policy, kc)
+        ih = None if init is None else (init[0][None, lo:hi], init[1][None, lo:hi])
+        part = _backward_heads(qh, kh, vh, doh, oh, lh, pos, offset, causal, bk, policy, kc, ih)
         for whole, piece in zip(grads, part, strict=True):
             whole[lo:hi] = piece[0]
 

@@ -141,6 +141,8 @@ class AttentionPolicy:
         ds_fmt: Cast of dS before the dQ and dK products.
         p_bwd_fmt: Cast of the recomputed P before the dV product.
         grad_accum: Accumulation model of dQ, dK, dV.
+        grad_kv_accum: Accumulation model of dK and dV where it differs from dQ's (``None``:
+            ``grad_accum``): torch's CPU kernel runs them through different GEMMs.
         grad_out_fmt: Format of dq, dk, dv.
     """
 
@@ -177,6 +179,7 @@ class AttentionPolicy:
     ds_fmt: Format | str = fp64
     p_bwd_fmt: Format | str = fp64
     grad_accum: Any = _EXACT
+    grad_kv_accum: Any = None
     grad_out_fmt: Format | str = fp64
 
     def __post_init__(self) -> None:
@@ -189,6 +192,11 @@ class AttentionPolicy:
                     f"AttentionPolicy.{f}={getattr(self, f)!r}; expected an accumulation model "
                     "from lowprec.accum (Exact(), RoundOnce('fp32'), ...)"
                 )
+        if self.grad_kv_accum is not None and not isinstance(self.grad_kv_accum, AccumModel):
+            raise ConfigError(
+                f"AttentionPolicy.grad_kv_accum={self.grad_kv_accum!r}; expected None or an "
+                "accumulation model from lowprec.accum"
+            )
         for f, allowed in _CHOICES.items():
             if getattr(self, f) not in allowed:
                 raise ConfigError(
@@ -304,7 +312,7 @@ class AttentionPolicy:
                 out[f.name] = v.name
             elif isinstance(v, Rounding):
                 out[f.name] = v.value
-            elif f.name in _ACCUM_FIELDS:
+            elif f.name in _ACCUM_FIELDS or (f.name == "grad_kv_accum" and v is not None):
                 out[f.name] = _short(v)
             else:
                 out[f.name] = v
