@@ -71,6 +71,7 @@ from lowprec.accum import Chunked, RoundOnce, Sequential, matmul
 from lowprec.accum.cpu import (
     ONEDNN_CHUNK_SHORT,
     Interleaved,
+    MklSgemm,
     PairSwapped,
     VectorLanes,
     onednn_bf16,
@@ -128,14 +129,12 @@ def gpu_key(name: str) -> str:
     return name
 
 
-def matmul_model(case: Case, facts: dict[str, Any], *, mixed_out: bool = False) -> tuple[Any, str]:
+def matmul_model(case: Case, facts: dict[str, Any]) -> tuple[Any, str]:
     """The accumulation model mirroring ``case``'s product on the captured device.
 
     Args:
         case: A matmul or scaled_mm case (its shape gives M, K, N).
         facts: The capture's device facts.
-        mixed_out: The product writes fp32 (ATen's bf16 x bf16 -> fp32 gemm, which skips the
-            oneDNN size threshold).
 
     Returns:
         (model, description).
@@ -154,7 +153,7 @@ def matmul_model(case: Case, facts: dict[str, Any], *, mixed_out: bool = False) 
             return RoundOnce(fp32), f"RoundOnce(fp32) (no tensor-core preset: {exc})"
     if case.op == "scaled_mm":
         return RoundOnce(fp32), "RoundOnce(fp32) (torch CPU fp8 path not modelled)"
-    if _cpu_uses_onednn(fmt, facts) and (mixed_out or m * n * k > MKLDNN_MIN_MNK):
+    if _cpu_uses_onednn(fmt, facts) and m * n * k > MKLDNN_MIN_MNK:
         model = onednn_bf16(k)
         return model, f"oneDNN avx512_bf16: Chunked(fp32, {model.n}, PairSwapped(fp32))"
     return Interleaved(fp32, 4), "ATen loop: Interleaved(fp32, 4)"
@@ -182,27 +181,47 @@ class AttentionModel:
     description: str = ""
 
 
-def torch_cpu_flash_policy(fmt: Format, d: int, facts: dict[str, Any]) -> AttentionPolicy:
+def torch_cpu_flash_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolicy:
     """torch's CPU flash attention in ``fmt`` on the captured CPU (module docstring).
 
-    The steps are :func:`lowprec.kernels.policy.torch_cpu_flash`'s; this picks its products'
-    accumulation models from the device facts (oneDNN or ATen's loop).
+    The steps are :func:`lowprec.kernels.policy.torch_cpu_flash`'s; this picks the products'
+    accumulation models and the vector width of the row sums from the device facts.
     """
-    if _cpu_uses_onednn(fmt, facts):
-        probe = Case("scores", "matmul", fmt.name, "normal", 0, (1, d, 1))
-        scores, _ = matmul_model(probe, facts, mixed_out=True)
-        return torch_cpu_flash(fmt, scores, Chunked(fp32, ONEDNN_CHUNK_SHORT, PairSwapped(fp32)))
     lanes = CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
     pv = Chunked(fp32, CPU_FLASH_KV_SPLIT, Sequential(fp32))  # the block's sum, then + O
-    return torch_cpu_flash(fmt, Sequential(fp32), pv).replace(
+    pol = torch_cpu_flash(fmt, Sequential(fp32), pv).replace(
         row_sum_accum=VectorLanes(fp32, lanes, 2),
         delta_accum=VectorLanes(fp32, lanes, 2),
-        grad_accum=Interleaved(fp32, 4),
-        grad_kv_accum=Sequential(fp32),
+        bwd_exp_impl="sleef_expf_u10",
     )
+    if _cpu_uses_onednn(fmt, facts):
+        return pol.replace(
+            grad_accum=Chunked(fp32, ONEDNN_CHUNK_SHORT, PairSwapped(fp32)), grad_kv_accum=None
+        )
+    return pol.replace(grad_accum=Interleaved(fp32, 4), grad_kv_accum=Sequential(fp32))
 
 
-torch_math_policy = torch_math
+def torch_math_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolicy:
+    """torch's math SDPA in ``fmt`` on the captured CPU (module docstring).
+
+    :func:`lowprec.kernels.policy.torch_math`'s fp32 steps, with what the CPU runs them on:
+    MKL's sgemm for every product (:class:`lowprec.accum.cpu.MklSgemm`), and ATen's vectorised
+    softmax: SLEEF's expf, the row sum in ``W`` vector lanes, P-bar times the fp32 reciprocal of
+    the sum; its backward's D = rowsum(dP * P) in the same lanes.
+    """
+    lanes = CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
+    mkl = MklSgemm(fp32)
+    return torch_math(fmt).replace(
+        scores_accum=mkl,
+        pv_accum=mkl,
+        dp_accum=mkl,
+        grad_accum=mkl,
+        exp_impl="sleef_expf_u10",
+        row_sum_accum=VectorLanes(fp32, lanes, 1),
+        final_op="reciprocal",
+        delta_accum=VectorLanes(fp32, lanes, 1),
+        bwd_probs="softmax",
+    )
 
 
 def attention_model(case: Case, backend: str, facts: dict[str, Any]) -> AttentionModel:
@@ -212,12 +231,12 @@ def attention_model(case: Case, backend: str, facts: dict[str, Any]) -> Attentio
         ConfigError: For a backend no model mirrors.
     """
     fmt = get_format(case.dtype)
-    _, _, nq, _, d = case.shape
+    nq = case.shape[2]
     if backend == "math":
-        pol = torch_math_policy(fmt)
+        pol = torch_math_policy(fmt, facts)
         return AttentionModel(pol, "naive", description=f"naive, {pol.name}")
     if facts.get("kind") == "cpu" and backend == "flash":
-        pol = torch_cpu_flash_policy(fmt, d, facts)
+        pol = torch_cpu_flash_policy(fmt, facts)
         q_split = next(s for lim, s in CPU_FLASH_Q_SPLITS if nq >= lim)
         return AttentionModel(
             pol,

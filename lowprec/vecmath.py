@@ -1,5 +1,5 @@
-"""Vector maths of real kernels, bit for bit: fp32 FMA, ATen's ``exp_u20`` and ``fexp_u20``, GPU
-exp2 models.
+"""Vector maths of real kernels, bit for bit: fp32 FMA, ATen's ``exp_u20`` and ``fexp_u20``,
+SLEEF's ``expf``, GPU exp2 models.
 
 Values are float64 arrays holding fp32 values (lowprec's carrier); every function returns fp32
 values in float64.
@@ -47,6 +47,21 @@ operation:
 
 Its relative error is about 2^-13 (measured in tests/test_vecmath.py), so unlike ``exp_u20``'s
 few ulps it moves the bf16 rounding of P-bar in about one element of 25.
+
+``sleef_expf_u10(x)`` is SLEEF's vector ``expf`` with 1.0-ulp bound (``Sleef_expf8_u10`` /
+``Sleef_expf16_u10``, ``xexpf`` in SLEEF's ``sleefsimdsp.c``), which ATen's
+``Vectorized<float>::exp()`` calls on AVX2 and AVX-512: torch's CPU flash attention backward
+recomputes P with it, and torch's CPU softmax takes it. Its steps, each an fp32 operation (the
+multiply-adds are FMAs in the AVX2 and AVX-512 builds):
+
+1. ``q = rint(x . (1/ln 2))``: the product rounded, then to the nearest integer (ties to even).
+2. ``s = fma(q, -L2U, x)``, then ``s = fma(q, -L2L, s)`` (ln 2 = L2U + L2L, L2U with 12
+   significant bits so the first product is exact).
+3. ``u = c5``, then ``u = fma(u, s, c)`` for c = c4, c3, c2, c1, 0.5 (:data:`SLEEF_EXPF_COEFFS`).
+4. ``u = 1 + fma(s . s, u, s)`` (s . s rounded; the sum rounded).
+5. ``u . 2^(q >> 1) . 2^(q - (q >> 1))``: two fp32 products (so a subnormal result is rounded
+   once, by the second).
+6. ``x < -104`` gives +0, ``x > 100`` gives +inf.
 
 Three fp32 ``exp2`` of the GPU softmax (the argument is FlashAttention's ``S.c - m.c``):
 
@@ -113,6 +128,20 @@ FEXP_U20_COEFFS = (
 )
 """d0..d3 of ``fexp_u20``'s correction polynomial as fp32 values: d0 and d1 are ``float``
 literals (the decimal rounded to fp32), d2 and d3 ``double`` literals converted to fp32."""
+SLEEF_EXPF_COEFFS = tuple(
+    _decimal_f32(c)
+    for c in (
+        "0.000198527617612853646278381",
+        "0.00139304355252534151077271",
+        "0.00833336077630519866943359",
+        "0.0416664853692054748535156",
+        "0.166666671633720397949219",
+    )
+)
+"""c5..c1 of SLEEF's ``expf`` polynomial (``xexpf``, ``sleefsimdsp.c``): fp32 literals."""
+_SLEEF_R_LN2F = _decimal_f32("1.442695040888963407359924681001892137426645954152985934135449406931")
+_SLEEF_L2UF = _decimal_f32("0.693145751953125")
+_SLEEF_L2LF = _decimal_f32("1.428606765330187045e-06")
 _FEXP_A = 2.0**23
 _FEXP_B = 127.0 * 2.0**23
 
@@ -212,6 +241,38 @@ def torch_fexp_u20(x: ArrayLike, out: F64 | None = None) -> F64:
         bits = np.where(ok, np.trunc(np.where(ok, t, 0.0)), -(2.0**31)).astype(np.int64)
         res = (bits & 0xFFFFFFFF).astype(np.uint32).view(np.float32).astype(np.float64)
     res = np.where(xs < LN_FLT_MIN, 0.0, np.where(xs > LN_FLT_MAX, np.inf, res))
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def sleef_expf_u10(x: ArrayLike, out: F64 | None = None) -> F64:
+    """SLEEF's ``expf`` (u10) of fp32 values, as ATen's ``Vectorized<float>::exp()`` runs it
+    (see the module docstring).
+
+    Args:
+        x: fp32 values.
+        out: Optional float64 array to write the result into.
+
+    Returns:
+        float64 array of fp32 values: ``out`` when given.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = np.rint(round32(xs * _SLEEF_R_LN2F))  # numpy's rint rounds ties to even
+        q = np.where(np.abs(q) < 2.0**31, q, -(2.0**31))  # cvtps's "integer indefinite"
+        s = fma32(q, -_SLEEF_L2UF, xs)
+        s = fma32(q, -_SLEEF_L2LF, s)
+        c5, c4, c3, c2, c1 = SLEEF_EXPF_COEFFS
+        u = np.full_like(s, c5)
+        for c in (c4, c3, c2, c1, 0.5):
+            u = fma32(u, s, c)
+        u = round32(1.0 + fma32(round32(s * s), u, s))
+        qi = q.astype(np.int64)
+        half = qi >> 1
+        u = round32(round32(u * np.ldexp(1.0, half)) * np.ldexp(1.0, qi - half))
+    res = np.where(xs < -104.0, 0.0, np.where(xs > 100.0, np.inf, u))
     if out is None:
         return res
     out[...] = res

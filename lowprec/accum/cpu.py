@@ -12,7 +12,9 @@ Which model mirrors which CPU kernel, and how the chunk lengths were measured, i
 * :class:`VectorLanes`: ATen's vectorised reduced-precision dot product with fp32 arithmetic
   (``dot_with_fp32_arith``, ``aten/src/ATen/native/cpu/ReducedPrecisionFloatGemvFastPathKernel.cpp``
   and its bf16 twin in ``BlasKernel.cpp``): one fp32 accumulator per element of an unrolled
-  iteration of 8 vector registers, reduced by halving trees.
+  iteration of 8 vector registers, reduced by halving trees;
+* :class:`MklSgemm`: the fp32 GEMM torch's CPU wheel runs (Intel MKL ``sgemm``), sequential FMA
+  over K within K blocks of a measured length, each block's sum added to the result.
 """
 
 from __future__ import annotations
@@ -149,6 +151,38 @@ class VectorLanes(AccumModel):
                 prod = np.asarray(round_to(prod, get_format(self.product_fmt)), dtype=np.float64)
             total = add_round(total, prod, fmt)
         return total if c is None else add_round(total, c, fmt)
+
+
+@dataclass(frozen=True)
+class MklSgemm(AccumModel):
+    """The K blocking of the fp32 ``sgemm`` in torch's x86 CPU wheel (Intel MKL), one thread.
+
+    Within a K block the sum is a sequential fp32 FMA loop from zero; the blocks' sums are added
+    to the result in order (:class:`lowprec.accum.Chunked` over :class:`Sequential`). The
+    block length for a product of length K, with ``kc = block``: K itself for K <= kc; K // 2
+    for kc < K < 2 kc (two blocks, and a last one of one element for odd K); kc otherwise.
+    Measured on torch 2.13.0+cpu with one thread on an AMD EPYC with AVX2 (bit-exact at K = 64
+    ... 2048 on random fp32 operands, and on the captured math-backend SDPA cases); MKL's
+    blocking is not a documented contract and may differ on other CPUs (another kernel path)
+    and versions.
+
+    Attributes:
+        fmt: Accumulator format.
+        block: kc, the K block length.
+    """
+
+    fmt: Format | str = fp32
+    block: int = 192
+
+    def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
+        k = a.shape[-1]
+        if k <= self.block:
+            n = max(k, 1)
+        elif k < 2 * self.block:
+            n = k // 2
+        else:
+            n = self.block
+        return Chunked(self.fmt, n, Sequential(self.fmt)).matmul(a, b, c)
 
 
 def onednn_bf16(k: int) -> Chunked:

@@ -58,6 +58,7 @@ from lowprec.vecmath import (
     ex2_approx_model,
     exp2_cr,
     fa4_exp2_poly3,
+    sleef_expf_u10,
     torch_exp_u20,
     torch_fexp_u20,
 )
@@ -524,7 +525,7 @@ def _exp_cast(
             mm = _r(m * (k.log2e if lse else k.exp2_c), st)
             fused = _fused_exp(s, k.exp2_c, mm, np.exp2 if lse else _exp2_fn(policy), ef, cast)
         else:
-            fn = np.exp if lse else _exp_fn(policy)
+            fn = _bwd_exp_fn(policy) if lse else _exp_fn(policy)
             fused = _fused_exp(s, 1.0, m, fn, ef, cast)  # s * 1.0 is s exactly
     if fused is not None:
         return fused
@@ -532,13 +533,22 @@ def _exp_cast(
     return p, _r(p, cast), None, None
 
 
-_EXP_FNS: dict[str, Any] = {"torch_exp_u20": torch_exp_u20, "torch_fexp_u20": torch_fexp_u20}
+_EXP_FNS: dict[str, Any] = {
+    "torch_exp_u20": torch_exp_u20,
+    "torch_fexp_u20": torch_fexp_u20,
+    "sleef_expf_u10": sleef_expf_u10,
+}
 
 
 def _exp_fn(policy: AttentionPolicy) -> Any:
     """The forward's exp: numpy's float64 exp (then rounded into exp_fmt) or one of ATen's fp32
     vector exps."""
     return _EXP_FNS.get(policy.exp_impl, np.exp)
+
+
+def _bwd_exp_fn(policy: AttentionPolicy) -> Any:
+    """The backward's exp of S - lse: numpy's float64 exp (then rounded) or SLEEF's expf."""
+    return sleef_expf_u10 if policy.bwd_exp_impl == "sleef_expf_u10" else np.exp
 
 
 _EXP2_FNS: dict[str, Any] = {
@@ -566,7 +576,7 @@ def _exp(s: F64, m: F64, policy: AttentionPolicy, k: _Consts, *, lse: bool = Fal
             x = _r(s * k.exp2_c - mm, ef)
             return _r((np.exp2 if lse else _exp2_fn(policy))(x), ef)
         x = _r(s - m, ef)
-        return _r((np.exp if lse else _exp_fn(policy))(x), ef)
+        return _r((_bwd_exp_fn(policy) if lse else _exp_fn(policy))(x), ef)
 
 
 def _dynamic_max(s: F64, r_m: F64, policy: AttentionPolicy, k: _Consts) -> F64:
@@ -709,6 +719,14 @@ def _by_chunks(
     return out.reshape(b, hk, r, -1), lse.reshape(b, hk, r)
 
 
+def _normalised(p: F64, ell: F64, policy: AttentionPolicy) -> F64:
+    """P = P-bar / l (or P-bar . (1/l), 1/l in state_fmt, for ``final_op="reciprocal"``), in
+    probs_fmt."""
+    if policy.final_op == "reciprocal":
+        return _r(p * _r(1.0 / ell, _fmt(policy, "state")), _fmt(policy, "probs"))
+    return _r(p / ell, _fmt(policy, "probs"))
+
+
 def naive(
     q: ArrayLike,
     k: ArrayLike,
@@ -747,9 +765,9 @@ def naive(
         p = _exp(s, m, policy, kc)
         ell = _row_sum(p, policy)
         if policy.normalize == "probs":
-            probs = _r(p / ell, _fmt(policy, "probs"))
-            o = _pv(_r(probs, _fmt(policy, "p")), va, policy, None, rng)
-            lse = _r(m * kc.units + np.log(ell), _fmt(policy, "lse"))[..., 0]
+            o = _pv(_r(_normalised(p, ell, policy), _fmt(policy, "p")), va, policy, None, rng)
+            lf = _fmt(policy, "lse")
+            lse = _r(m * kc.units + _r(np.log(ell), lf), lf)[..., 0]
             return _r(o, _fmt(policy, "out")), lse
         o = _pv(_r(p, _fmt(policy, "p")), va, policy, None, rng)
         return _finish(o, ell, m, policy, kc)
@@ -871,6 +889,12 @@ def _backward_heads(
     def probs_cast(j0: int, j1: int) -> tuple[F64, F64]:
         """P for keys j0:j1 (B, H_kv, R, C), and P rounded into p_bwd_fmt."""
         s = _scores(qg, ks[:, :, j0:j1], policy, kc, q_stats)  # (B, H_kv, R, C)
+        if policy.bwd_probs == "softmax":  # the forward's probabilities, as autograd saves them
+            if causal:
+                s = np.where(_visible(pos, j0, j1, offset), s, -np.inf)
+            pbar = _exp(s, s.max(axis=-1, keepdims=True), policy, kc)
+            p = _normalised(pbar, _row_sum(pbar, policy), policy)
+            return p, _r(p, pbf)
         p, p_cast, _, _ = _exp_cast(s, lse_g, policy, kc, pbf, lse=True)
         if causal:
             seen = _visible(pos, j0, j1, offset)
@@ -890,10 +914,11 @@ def _backward_heads(
             matmul(probs_cast(j0, j1)[0], va[:, :, j0:j1], accum=_EXACT) for j0, j1 in blocks
         )
         delta = matmul(do * _r(o_rec, st), np.ones((do.shape[-1], 1)), accum=policy.delta_accum)
-    else:
-        delta = sum(
-            np.sum(probs_cast(j0, j1)[0] * d_p(j0, j1), axis=-1, keepdims=True) for j0, j1 in blocks
+    else:  # each product rounded into dp_fmt (an elementwise multiply), then the row sum
+        prod = np.concatenate(
+            [_r(probs_cast(j0, j1)[0] * d_p(j0, j1), dpf) for j0, j1 in blocks], -1
         )
+        delta = matmul(prod, np.ones((prod.shape[-1], 1)), accum=policy.delta_accum)
     delta = _r(delta, _fmt(policy, "delta"))  # (B, H_kv, R, 1)
 
     qscale = kc.sqrt_alpha if policy.scale_apply == "qk_sqrt" else kc.alpha
@@ -990,6 +1015,12 @@ def backward(
             f"lse has shape {la.shape}; expected finite values of shape {qa.shape[:3]}"
         )
     bk = ka.shape[2] if block_k is None else _check_block("block_k", block_k)
+    if policy.bwd_probs == "softmax" and bk < ka.shape[2]:
+        raise ConfigError(
+            f"policy {policy.name!r} takes the backward's P from the whole-row softmax "
+            f"(bwd_probs='softmax'); block_k={bk} splits the {ka.shape[2]} keys (use "
+            "block_k=None)"
+        )
     h, hk = qa.shape[1], ka.shape[1]
     kc = _consts(policy, _scale_of(scale, qa.shape[-1]))
     qa, ka, va = prepare_inputs(qa, ka, va, policy)

@@ -64,9 +64,19 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_scaling": ("none", "tensor", "block", "mx"),
     "delta_source": ("output", "recompute", "dp_p"),
     "final_op": ("divide", "reciprocal"),
-    "exp_impl": ("exact", "torch_exp_u20", "torch_fexp_u20", "exp2_cr", "fa4_poly3", "ex2_approx"),
+    "exp_impl": (
+        "exact",
+        "torch_exp_u20",
+        "torch_fexp_u20",
+        "sleef_expf_u10",
+        "exp2_cr",
+        "fa4_poly3",
+        "ex2_approx",
+    ),
+    "bwd_exp_impl": ("exact", "sleef_expf_u10"),
+    "bwd_probs": ("lse", "softmax"),
 }
-_TORCH_EXPS = ("torch_exp_u20", "torch_fexp_u20")
+_TORCH_EXPS = ("torch_exp_u20", "torch_fexp_u20", "sleef_expf_u10")
 _EXP2_IMPLS = ("exp2_cr", "fa4_poly3", "ex2_approx")
 
 
@@ -99,14 +109,21 @@ class AttentionPolicy:
         scores_fmt: Format S is stored in.
         exp_fmt: Format of the exponent's argument (S - m, or the FMA) and of P-bar = exp(.).
         exp_impl: The forward's exp of S - m: ``"exact"`` (the exact exp rounded into
-            ``exp_fmt``), ``"torch_exp_u20"`` or ``"torch_fexp_u20"`` (ATen's fp32 vector
-            exps, bit for bit: :func:`lowprec.vecmath.torch_exp_u20`,
-            :func:`lowprec.vecmath.torch_fexp_u20`; they need an fp32 ``exp_fmt`` and the
-            scale on the scores); or, with ``scale_apply="exp2"`` and an fp32 ``exp_fmt``, an
-            fp32 exp2: ``"exp2_cr"`` (correctly rounded), ``"fa4_poly3"`` (FlashAttention-4's
-            degree-3 polynomial) or ``"ex2_approx"`` (the model of the hardware
-            ``ex2.approx.f32``), see :mod:`lowprec.vecmath`. The backward's recomputed P and the
-            blocked kernel's rescale factor stay ``"exact"``.
+            ``exp_fmt``), ``"torch_exp_u20"``, ``"torch_fexp_u20"`` or ``"sleef_expf_u10"``
+            (ATen's fp32 vector exps, bit for bit: :func:`lowprec.vecmath.torch_exp_u20`,
+            :func:`lowprec.vecmath.torch_fexp_u20`, :func:`lowprec.vecmath.sleef_expf_u10`;
+            they need an fp32 ``exp_fmt`` and the scale on the scores); or, with
+            ``scale_apply="exp2"`` and an fp32 ``exp_fmt``, an fp32 exp2: ``"exp2_cr"``
+            (correctly rounded), ``"fa4_poly3"`` (FlashAttention-4's degree-3 polynomial) or
+            ``"ex2_approx"`` (the model of the hardware ``ex2.approx.f32``), see
+            :mod:`lowprec.vecmath`. The blocked kernel's rescale factor stays ``"exact"``.
+        bwd_exp_impl: The backward's exp of S - lse (the recomputed P): ``"exact"`` or
+            ``"sleef_expf_u10"`` (what ATen's ``Vectorized<float>::exp()`` runs; fp32
+            ``exp_fmt`` and the scale on the scores, as the forward's ATen exps).
+        bwd_probs: The backward's P: ``"lse"``, exp(S - lse) recomputed (FlashAttention-2);
+            ``"softmax"``, the forward's normalised probabilities over the whole row, as
+            autograd of the math backend saves them (the forward's exp, row sum and
+            normalisation; needs the whole row in one key block).
         row_sum_accum: Accumulation model of the row sum of P-bar (a block of it when blocked).
         state_fmt: Format of the softmax state: the scale constants, the running row sum l,
             the rescale factor exp(m_old - m_new) and the final 1/l or division.
@@ -123,7 +140,9 @@ class AttentionPolicy:
             running O as addend).
         pv_fmt: Format the PV result, and the running O of the blocked kernel, is held in.
         pv_rounding: Rounding of the PV result into ``pv_fmt`` (``"sr"`` takes the kernel's rng).
-        final_op: ``"divide"``: O / l; ``"reciprocal"``: O . (1/l), as FlashAttention-2 does.
+        final_op: ``"divide"``: O / l; ``"reciprocal"``: O . (1/l), as FlashAttention-2 does
+            (with ``normalize="probs"``: P = P-bar . (1/l), as torch's CPU softmax does); 1/l
+            is rounded into ``state_fmt``.
         out_fmt: Format of the output O.
         lse_fmt: Format of the log-sum-exp lse = m + log l.
 
@@ -158,6 +177,8 @@ class AttentionPolicy:
     scores_fmt: Format | str = fp64
     exp_fmt: Format | str = fp64
     exp_impl: str = "exact"
+    bwd_exp_impl: str = "exact"
+    bwd_probs: str = "lse"
     row_sum_accum: Any = _EXACT
     state_fmt: Format | str = fp64
     dynamic_max_beta: float | None = None
@@ -238,11 +259,13 @@ class AttentionPolicy:
         - ``dynamic_max_beta`` with ``normalize="probs"``: P = P-bar / l is unchanged by a common
           factor exp(-(beta - 1) r_m) of P-bar and l, so the naive kernel's output does not
           depend on the maximum (and the blocked kernel ignores ``normalize``).
-        - ``final_op="reciprocal"`` with ``normalize="probs"``: O is never divided.
         - ``scale_block_q`` / ``scale_block_k`` other than 128 without ``input_scaling="block"``.
         - a non-nearest ``pv_rounding`` into an exact ``pv_fmt``: exact values are not rounded.
-        - ``exp_impl`` ``"torch_exp_u20"`` or ``"torch_fexp_u20"`` with an ``exp_fmt`` other
-          than fp32 or with ``scale_apply="exp2"``: they are fp32 natural-log exps.
+        - an ATen ``exp_impl`` (``"torch_exp_u20"``, ``"torch_fexp_u20"``,
+          ``"sleef_expf_u10"``) with an ``exp_fmt`` other than fp32 or with
+          ``scale_apply="exp2"``: they are fp32 natural-log exps.
+        - ``bwd_exp_impl`` other than ``"exact"`` with ``bwd_probs="softmax"``: that backward
+          does not recompute exp(S - lse).
         - an fp32 exp2 ``exp_impl`` without ``scale_apply="exp2"`` and an fp32 ``exp_fmt``.
         """
         conflicts = []
@@ -251,11 +274,6 @@ class AttentionPolicy:
                 "dynamic_max_beta with normalize='probs': P = P-bar / l does not depend on the "
                 "maximum, so the dynamic maximum cannot act (use normalize='output', the "
                 "flash-attention order, to test it)"
-            )
-        if self.final_op == "reciprocal" and self.normalize == "probs":
-            conflicts.append(
-                "final_op='reciprocal' with normalize='probs': the probabilities are divided, "
-                "O never is"
             )
         if self.input_scaling != "block":
             for f in ("scale_block_q", "scale_block_k"):
@@ -270,12 +288,20 @@ class AttentionPolicy:
                 f"pv_rounding={pv_mode.value!r} with an exact pv_fmt: exact values are "
                 "not rounded (name the format the PV result is held in)"
             )
-        if self.exp_impl in _TORCH_EXPS and (self.exp_fmt != fp32 or self.scale_apply == "exp2"):
+        if self.bwd_probs == "softmax" and self.bwd_exp_impl != "exact":
             conflicts.append(
-                f"exp_impl={self.exp_impl!r} with exp_fmt={self.fmt('exp').name} and "
-                f"scale_apply={self.scale_apply!r}: ATen's vector exp takes and gives fp32 and "
-                "is a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or 'qk_sqrt')"
+                f"bwd_exp_impl={self.bwd_exp_impl!r} with bwd_probs='softmax': the backward's P "
+                "is the forward's softmax, which takes exp_impl (set exp_impl instead)"
             )
+        for f in ("exp_impl", "bwd_exp_impl"):
+            impl = getattr(self, f)
+            if impl in _TORCH_EXPS and (self.exp_fmt != fp32 or self.scale_apply == "exp2"):
+                conflicts.append(
+                    f"{f}={impl!r} with exp_fmt={self.fmt('exp').name} and "
+                    f"scale_apply={self.scale_apply!r}: ATen's vector exp takes and gives fp32 "
+                    "and is a natural-log exp (use exp_fmt=fp32 and scale_apply 'scores' or "
+                    "'qk_sqrt')"
+                )
         if self.exp_impl in _EXP2_IMPLS and (self.exp_fmt != fp32 or self.scale_apply != "exp2"):
             conflicts.append(
                 f"exp_impl={self.exp_impl!r} with exp_fmt={self.fmt('exp').name} and "
