@@ -26,31 +26,38 @@ Which model mirrors which kernel (:func:`matmul_model`, :func:`attention_model`)
   up to Ada, wgmma on Hopper, tcgen05.mma on Blackwell); cuBLAS may split K, which the model does
   not know, so bit-exactness is expected only for single-block K.
 * **torch CPU flash attention** (``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``): key
-  blocks of 512 (kvSplitSize); S = q k^T in fp32 through the matmul model above, scaled in fp32;
-  P-bar = exp(S - m) in fp32, its row sum in fp32 from the fp32 P-bar; P-bar cast to the input
-  format before the PV product, whose fp32 result is added to the rescaled fp32 O; O times the
-  fp32 reciprocal of l, cast to the output format. Backward: P recomputed from lse, D =
-  rowsum(dO * O) in fp32, dS = P (dP - D) in fp32 cast to the input format, and dK, dV
-  accumulated over query blocks (32/64/256 rows by sequence length) **in the output format**:
-  the kernel adds each block's fp32 product into the bf16/fp16 gradient tensor.
-* **torch math SDPA**: fp32 maths on upcast inputs (:func:`lowprec.kernels.policy.torch_math`).
+  blocks of 512 (kvSplitSize), query blocks of 32/64/256 rows by sequence length. Forward: S =
+  q k^T, a sequential fp32 sum over the head dimension, scaled in fp32; P-bar = exp(S - m) by
+  ATen's ``fexp_u20`` (:func:`lowprec.vecmath.torch_fexp_u20`); its row sum in 2W vector lanes
+  (W = 8 fp32 lanes on AVX2, 16 on AVX-512; :class:`lowprec.accum.cpu.VectorLanes`), the
+  running l updated as l_j + exp(m_old - m_new) l; P-bar cast to the input format; the block's
+  PV sum sequential in fp32, then added to the rescaled O; O times the fp32 reciprocal of l;
+  lse = m + log l with log l rounded to fp32 first. Backward: D = rowsum(dO * O) in the same
+  lanes; P = exp(S - lse) by SLEEF's ``expf`` (:func:`lowprec.vecmath.sleef_expf_u10`); dP
+  sequential; dS = P (dP - D) cast to the input format; the gradients in the output format,
+  added per query block: on x86 without AVX512-BF16 (and for fp16) dQ by ATen's 4-way ``sum``
+  and dK, dV by a sequential fp32 sum that starts from the previous gradient; with
+  AVX512-BF16, the bf16 gradient products on oneDNN (:func:`onednn_bf16`'s chunks).
+* **torch math SDPA** (``_scaled_dot_product_attention_math``): fp32 maths on upcast inputs
+  (:func:`lowprec.kernels.policy.torch_math`), each product on MKL's sgemm
+  (:class:`lowprec.accum.cpu.MklSgemm`: sequential FMA in K blocks of 192); the softmax as
+  ATen's vectorised kernel runs it: SLEEF's expf, the row sum in W lanes, P-bar times the fp32
+  reciprocal of the sum; autograd's backward from the saved probabilities, D = rowsum(dP * P)
+  of fp32 products in W lanes.
 * **CUDA flash / efficient**: FlashAttention-2 blocked with 128-key blocks (64 for efficient),
   every product on the GPU's mma.sync model (:func:`lowprec.kernels.policy.fa2_on_tensor_cores`;
   ``fa2_bf16`` / ``fa2_fp16`` for a GPU without one).
 
-Known deviations the models keep: torch CPU flash attention's P-bar takes ATen's vector
-polynomial ``exp_u20`` (modelled bit for bit, :func:`lowprec.vecmath.torch_exp_u20`; it differs
-from the rounded exp in ~77% of fp32 values, by up to ~5 ulp), but its differences vanish in the
-cast of P-bar to bf16/fp16 before the PV product: modelling it changed none of the captured
-flash outputs' bit-identical fractions (both CPU captures, to three digits). The flash
-outputs that still differ (67-99% of elements bit-identical per case) differ mostly by one unit
-of the output format, and neither side is nearer fp64 (the captured value is the farther in 51%
-of them). Measured on ``sdpa_default_bf16_normal`` (AVX2 capture): no choice of the
-order of the fp32 sums (round-once, sequential, pairwise, 2-16 interleaved lanes, for the score,
-PV and row-sum products), of divide versus reciprocal, or of the key block (128-1024) moves the
-bit-identical fraction (0.891); the operation the model lacks is not yet identified. So the
-flash targets are the error statistics. The math backend is bit-identical except where large
-logits make dS cancel (dq, dk of ``large_logits``).
+How the CPU models were found and checked: ATen's vector exps are bit-identical to the
+functions in torch 2.13's own headers compiled here (``fexp_u20``, ``exp_u20``: 2.3 M inputs;
+SLEEF's ``Sleef_expf8_u10avx2`` exported by ``libtorch_cpu``: 3.7 M inputs, every special value).
+The sum orders were read off the kernels' outputs on this session's AVX2 machine (the AVX2
+capture's machine type), then held against both committed captures: with them every output of
+every CPU case is bit-identical (tests/test_compare.py). What the captures do not exercise is
+not modelled: head dimensions or key blocks that are not multiples of the vector width (ATen's
+scalar tails take ``std::exp`` and c10's rounded scalar products), dQ over more than one key
+block in the backward (the kernel rounds it to the gradient format after each 512-key block;
+the model keeps fp32), the AMX and AVX512-FP16 paths, and several threads.
 """
 
 from __future__ import annotations
@@ -192,7 +199,6 @@ def torch_cpu_flash_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolic
     pol = torch_cpu_flash(fmt, Sequential(fp32), pv).replace(
         row_sum_accum=VectorLanes(fp32, lanes, 2),
         delta_accum=VectorLanes(fp32, lanes, 2),
-        bwd_exp_impl="sleef_expf_u10",
     )
     if _cpu_uses_onednn(fmt, facts):
         return pol.replace(
@@ -216,11 +222,8 @@ def torch_math_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolicy:
         pv_accum=mkl,
         dp_accum=mkl,
         grad_accum=mkl,
-        exp_impl="sleef_expf_u10",
         row_sum_accum=VectorLanes(fp32, lanes, 1),
-        final_op="reciprocal",
         delta_accum=VectorLanes(fp32, lanes, 1),
-        bwd_probs="softmax",
     )
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lowprec.formats import fp64
+from lowprec.accum import Sequential
+from lowprec.errors import LowprecError
+from lowprec.formats import bf16, fp32, fp64
 from lowprec.kernels import AttentionPolicy, backward, blocked, naive, prepare_inputs
+from lowprec.rounding import round_to
 from lowprec.testing import assert_within_budget
 
 FP64 = AttentionPolicy.preset("fp64")
@@ -119,3 +122,27 @@ def test_backward_shape_errors(rng):
         backward(q, k, v, out, lse, do[..., :-1], FP64)
     with pytest.raises(ShapeError, match="lse"):
         backward(q, k, v, out, lse[..., :-1], do, FP64)
+
+
+def test_dkv_init_continues_the_sequential_gradient_sums() -> None:
+    # with Sequential fp32 gradient products held in fp32, two query halves chained through
+    # dkv_init give the bits of one pass over all queries (the same adds in the same order);
+    # without dkv_init the halves' sums differ (each half starts from zero)
+    rng = np.random.default_rng(21)
+    q, k, v = (np.asarray(round_to(rng.standard_normal((1, 2, 32, 16)), bf16)) for _ in range(3))
+    pol = AttentionPolicy.preset("fa2_bf16").replace(
+        grad_kv_accum=Sequential(fp32), grad_out_fmt=fp32
+    )
+    out, lse = naive(q, k, v, pol)
+    dout = rng.standard_normal(out.shape)
+    whole = backward(q, k, v, out, lse, dout, pol)
+    h = 13
+    first = backward(q[:, :, :h], k, v, out[:, :, :h], lse[:, :, :h], dout[:, :, :h], pol)
+    args = (q[:, :, h:], k, v, out[:, :, h:], lse[:, :, h:], dout[:, :, h:], pol)
+    second = backward(*args, dkv_init=(first.dk, first.dv))
+    np.testing.assert_array_equal(second.dv, whole.dv)
+    np.testing.assert_array_equal(second.dk, whole.dk)
+    apart = backward(*args)
+    assert not np.array_equal(np.asarray(round_to(first.dv + apart.dv, fp32)), whole.dv)
+    with pytest.raises(LowprecError, match="dkv_init"):
+        backward(*args, dkv_init=(first.dk[:, :1], first.dv))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lowprec.accum import matmul, tensor_core_preset
+from lowprec.accum.cpu import MklSgemm, VectorLanes
 from lowprec.capture import Capture, Case, TorchDevice, capture, load_capture, save_capture
 from lowprec.compare import (
     MATCH_FRACTION,
@@ -29,6 +30,7 @@ from lowprec.rounding import round_to
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 CPU_CAPTURE = CAPTURES / "cpu-avx512bf16-torch2.13.npz"
+CPU_CAPTURES = sorted(CAPTURES.glob("cpu-*.npz"))
 CUDA_CAPTURES = sorted(CAPTURES.glob("cuda-*.npz"))
 
 
@@ -68,6 +70,48 @@ def test_interleaved_is_atens_four_accumulators(rng: np.random.Generator, k: int
     for p in parts[1:]:
         want = want + np.float32(p)
     np.testing.assert_array_equal(matmul(a, b, accum=Interleaved()), want.astype(np.float64))
+
+
+def _tree(parts: list[np.ndarray]) -> np.ndarray:
+    while len(parts) > 1:
+        h = len(parts) // 2
+        parts = [np.float32(parts[i]) + np.float32(parts[i + h]) for i in range(h)]
+    return np.float32(parts[0])
+
+
+@pytest.mark.parametrize(
+    ("k", "lanes", "registers"),
+    [(64, 8, 8), (72, 8, 8), (100, 8, 8), (130, 16, 8), (48, 8, 2), (7, 8, 8)],
+)
+def test_vector_lanes_is_atens_fp32_dot(
+    rng: np.random.Generator, k: int, lanes: int, registers: int
+) -> None:
+    a, b = _bf16_cancelling(rng, 4, k, 5)
+    step = lanes * registers
+    main, vec = k - k % step, k - k % (2 * lanes)
+    want = _tree([_f32_loop(a, b, list(range(e, main, step))) for e in range(step)])
+    if vec > main:
+        tails = [
+            [j + o for j in range(main, vec, 2 * lanes) for o in (lane, lanes + lane)]
+            for lane in range(lanes)
+        ]
+        want = np.float32(want + _tree([_f32_loop(a, b, t) for t in tails]))
+    for j in range(vec, k):  # c10's BFloat16 * BFloat16 is a BFloat16
+        prod = np.asarray(round_to(a[:, j : j + 1] * b[j : j + 1, :], bf16), dtype=np.float32)
+        want = np.float32(want + prod)
+    got = matmul(a, b, accum=VectorLanes(lanes=lanes, registers=registers, product_fmt=bf16))
+    np.testing.assert_array_equal(got, want.astype(np.float64))
+    if k >= 64:  # the order matters on these inputs, so the check can fail
+        assert not np.array_equal(got, _f32_loop(a, b, list(range(k))))
+
+
+@pytest.mark.parametrize(("k", "n"), [(64, 64), (192, 192), (193, 96), (300, 150), (512, 192)])
+def test_mkl_sgemm_blocks_k_by_the_measured_rule(rng: np.random.Generator, k: int, n: int) -> None:
+    a, b = _bf16_cancelling(rng, 3, k, 4)
+    want = np.zeros((3, 4), dtype=np.float32)
+    for j0 in range(0, k, n):
+        want = want + np.float32(_f32_loop(a, b, list(range(j0, min(j0 + n, k)))))
+    np.testing.assert_array_equal(matmul(a, b, accum=MklSgemm()), want.astype(np.float64))
 
 
 def test_model_choice_follows_the_device() -> None:
@@ -153,6 +197,15 @@ def test_cpu_capture_matmuls_are_bit_exact(cpu_capture: Capture) -> None:
     assert len(results) >= 5
     for r in results:
         assert r.outputs[0].identical == 1.0, (r.case.id, r.model)
+
+
+@pytest.mark.parametrize("path", CPU_CAPTURES, ids=[p.stem for p in CPU_CAPTURES])
+def test_every_output_of_the_cpu_captures_is_bit_identical(path: Path) -> None:
+    # matmuls, flash and math SDPA forward and backward, on AVX2 and AVX-512 (BF16) machines
+    results = compare_file(path)
+    assert sum(r.case.op == "sdpa" for r in results) >= 10
+    bad = [(r.case.id, o.name, o.identical) for r in results for o in r.outputs if o.identical < 1]
+    assert not bad
 
 
 @pytest.mark.parametrize("case_id", ["sdpa_default_bf16_ties", "sdpa_math_bf16_outliers"])

@@ -10,7 +10,7 @@ import pytest
 from lowprec.accum import RoundOnce
 from lowprec.errors import ConfigError
 from lowprec.formats import bf16, fp32
-from lowprec.kernels.attention import blocked, naive
+from lowprec.kernels.attention import backward, blocked, naive
 from lowprec.kernels.optim import AdamPolicy, MuonPolicy, NSPolicy
 from lowprec.kernels.policy import AttentionPolicy
 from lowprec.rounding import Rounding
@@ -51,7 +51,10 @@ def test_dynamic_max_cannot_act_on_divided_probabilities() -> None:
     ("changes", "match"),
     [
         ({"normalize": "probs", "dynamic_max_beta": 2.0}, "dynamic maximum cannot act"),
-        ({"normalize": "probs", "final_op": "reciprocal"}, "O never is"),
+        (
+            {"bwd_probs": "softmax", "bwd_exp_impl": "sleef_expf_u10"},
+            "backward's P is the forward's softmax",
+        ),
         ({"scale_block_q": 64}, "scale_block_q=64 with input_scaling='none'"),
         ({"input_scaling": "tensor", "scale_block_k": 64}, "scale_block_k=64"),
         ({"pv_rounding": Rounding.STOCHASTIC}, "exact pv_fmt"),
@@ -67,6 +70,8 @@ def test_attention_conflicts_raise(changes: dict[str, object], match: str) -> No
     [
         {"normalize": "output", "dynamic_max_beta": 2.0},
         {"normalize": "output", "final_op": "reciprocal"},
+        {"normalize": "probs", "final_op": "reciprocal"},
+        {"bwd_probs": "softmax", "exp_impl": "exact"},
         {"input_scaling": "block", "scale_block_q": 64, "scale_block_k": 64},
         {"pv_rounding": Rounding.STOCHASTIC, "pv_fmt": bf16},
     ],
@@ -114,9 +119,20 @@ def test_optimizer_conflicts_raise_and_neighbours_pass() -> None:
         ({"scale_apply": "exp2"}, "scale_apply='exp2'"),
     ],
 )
-def test_exp_u20_needs_an_fp32_natural_exp(fields: dict[str, object], match: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "impl"),
+    [
+        ("exp_impl", "torch_exp_u20"),
+        ("exp_impl", "torch_fexp_u20"),
+        ("exp_impl", "sleef_expf_u10"),
+        ("bwd_exp_impl", "sleef_expf_u10"),
+    ],
+)
+def test_aten_exps_need_an_fp32_natural_exp(
+    fields: dict[str, object], match: str, field: str, impl: str
+) -> None:
     with pytest.raises(ConfigError, match=match):
-        AttentionPolicy.preset("fa2_bf16").replace(exp_impl="torch_exp_u20", **fields)
+        AttentionPolicy.preset("fa2_bf16").replace(**{field: impl}, **fields)
 
 
 def test_exp_u20_acts_where_the_exponentials_are_kept_in_fp32() -> None:
@@ -128,3 +144,38 @@ def test_exp_u20_acts_where_the_exponentials_are_kept_in_fp32() -> None:
     o2, _ = naive(q, k, v, pol.replace(exp_impl="torch_exp_u20"))
     assert not np.array_equal(o1, o2)
     assert np.max(np.abs(o1 - o2)) < 64 * np.finfo(np.float32).eps * np.max(np.abs(o1))
+
+
+def test_reciprocal_normalisation_of_probabilities_acts() -> None:
+    # P-bar . (1/l) (torch's CPU softmax) differs from P-bar / l in some fp32 elements
+    q, k, v = _tied_inputs(1)
+    pol = AttentionPolicy.preset("naive_fp32")
+    o1, _ = naive(q, k, v, pol)
+    o2, _ = naive(q, k, v, pol.replace(final_op="reciprocal"))
+    assert not np.array_equal(o1, o2)
+    assert np.max(np.abs(o1 - o2)) < 64 * np.finfo(np.float32).eps * np.max(np.abs(o1))
+
+
+def test_softmax_probabilities_in_the_backward_act_and_need_the_whole_row() -> None:
+    q, k, v = _tied_inputs(1)
+    rng = np.random.default_rng(5)
+    pol = AttentionPolicy.preset("naive_fp32")
+    out, lse = naive(q, k, v, pol)
+    dout = rng.standard_normal(out.shape)
+    g1 = backward(q, k, v, out, lse, dout, pol)
+    g2 = backward(q, k, v, out, lse, dout, pol.replace(bwd_probs="softmax"))
+    assert not np.array_equal(g1.dq, g2.dq)
+    assert np.max(np.abs(g1.dq - g2.dq)) < 2.0**-12 * np.max(np.abs(g1.dq))
+    with pytest.raises(ConfigError, match="bwd_probs='softmax'"):
+        backward(q, k, v, out, lse, dout, pol.replace(bwd_probs="softmax"), block_k=4)
+
+
+def test_sleef_exp_in_the_backward_acts() -> None:
+    q, k, v = _tied_inputs(1)
+    rng = np.random.default_rng(6)
+    pol = AttentionPolicy.preset("naive_fp32").replace(normalize="output")
+    out, lse = naive(q, k, v, pol)
+    dout = rng.standard_normal(out.shape)
+    g1 = backward(q, k, v, out, lse, dout, pol)
+    g2 = backward(q, k, v, out, lse, dout, pol.replace(bwd_exp_impl="sleef_expf_u10"))
+    assert not all(np.array_equal(a, b) for a, b in zip(g1[:3], g2[:3], strict=True))

@@ -17,7 +17,9 @@ from lowprec.vecmath import (
     LN_FLT_MAX,
     LN_FLT_MIN,
     LOG2E,
+    SLEEF_EXPF_COEFFS,
     fma32,
+    sleef_expf_u10,
     torch_exp_u20,
     torch_fexp_u20,
 )
@@ -175,3 +177,59 @@ def test_fexp_u20_writes_into_out() -> None:
     out = np.empty(3)
     assert torch_fexp_u20(x, out=out) is out
     assert out[0] == 0.0 and out[1] == pytest.approx(1.0, rel=2.0**-12)
+
+
+def _sleef_expf_ref(x: float) -> float:
+    """SLEEF's expf (u10) step by step with Fractions: each fp32 operation rounded once."""
+    if math.isnan(x):
+        return math.nan
+    if x < -104:
+        return 0.0
+    if x > 100:
+        return math.inf
+    r_ln2 = round_fraction(
+        Fraction("1.442695040888963407359924681001892137426645954152985934"), "fp32"
+    )
+    l2u, l2l = 0.693145751953125, round_fraction(Fraction("1.428606765330187045e-06"), "fp32")
+    y = Fraction(round_fraction(Fraction(x) * Fraction(r_ln2), "fp32"))
+    q = math.floor(y + Fraction(1, 2))
+    if y + Fraction(1, 2) == q and q % 2:  # a tie goes to the even integer
+        q -= 1
+    s = _fma_ref(q, -l2u, x)
+    s = _fma_ref(q, -l2l, s)
+    c5, c4, c3, c2, c1 = SLEEF_EXPF_COEFFS
+    u = c5
+    for c in (c4, c3, c2, c1, 0.5):
+        u = _fma_ref(u, s, c)
+    u = round_fraction(
+        1 + Fraction(_fma_ref(round_fraction(Fraction(s) ** 2, "fp32"), u, s)), "fp32"
+    )
+    h = q >> 1
+    u = round_fraction(Fraction(u) * Fraction(2) ** h, "fp32")
+    return round_fraction(Fraction(u) * Fraction(2) ** (q - h), "fp32")
+
+
+def test_sleef_expf_matches_its_exact_step_by_step_reference() -> None:
+    rng = np.random.default_rng(13)
+    xs = np.concatenate(
+        [
+            np.float32(rng.uniform(-104, 100, 3000)).astype(np.float64),
+            np.float32(rng.uniform(-1, 1, 500)).astype(np.float64),
+            np.float32(rng.uniform(-104, -87, 500)).astype(np.float64),  # subnormal results
+            np.array([-104.0, -103.99, 100.0, 100.01, 88.7, 0.0, -0.0, math.log(2) / 2]),
+            np.array([np.inf, -np.inf]),
+        ]
+    )
+    got = sleef_expf_u10(xs)
+    want = np.array([_sleef_expf_ref(float(x)) for x in xs])
+    assert np.array_equal(got, want)
+    assert np.isnan(sleef_expf_u10(np.array([np.nan]))[0])
+
+
+def test_sleef_expf_is_within_one_ulp_and_not_always_correctly_rounded() -> None:
+    x = np.float32(np.linspace(-87, 88, 20001)).astype(np.float64)
+    got = sleef_expf_u10(x)
+    exact = np.array([round_fraction(Fraction(math.exp(v)), "fp32") for v in x])
+    ulps = np.abs(got - exact) / np.spacing(np.float32(exact)).astype(np.float64)
+    assert ulps.max() <= 1  # the "u10" bound (math.exp is within 1 ulp of double: fine here)
+    assert np.mean(got != exact) > 0

@@ -9,10 +9,10 @@ Which model mirrors which CPU kernel, and how the chunk lengths were measured, i
   (K <= 1024) or 1024, each chunk added to the fp32 result (:class:`lowprec.accum.Chunked`);
 * :class:`Interleaved`: ATen's own ``sum`` loop (``aten/src/ATen/native/cpu/BlasKernel.cpp``),
   four interleaved fp32 accumulators summed in order;
-* :class:`VectorLanes`: ATen's vectorised reduced-precision dot product with fp32 arithmetic
-  (``dot_with_fp32_arith``, ``aten/src/ATen/native/cpu/ReducedPrecisionFloatGemvFastPathKernel.cpp``
-  and its bf16 twin in ``BlasKernel.cpp``): one fp32 accumulator per element of an unrolled
-  iteration of 8 vector registers, reduced by halving trees;
+* :class:`VectorLanes`: ATen's vectorised fp32 reductions: one accumulator per element of an
+  unrolled iteration of R vector registers of W lanes, reduced by halving trees (the row sums
+  and D of torch's CPU attention with R = 2, checked against the captures; ATen's
+  reduced-precision dot ``dot_with_fp32_arith`` with R = 8, as read from its source);
 * :class:`MklSgemm`: the fp32 GEMM torch's CPU wheel runs (Intel MKL ``sgemm``), sequential FMA
   over K within K blocks of a measured length, each block's sum added to the result.
 """
@@ -89,10 +89,15 @@ class Interleaved(AccumModel):
 
 @dataclass(frozen=True)
 class VectorLanes(AccumModel):
-    """ATen's vectorised dot product of bf16/fp16 operands in fp32 (``dot_with_fp32_arith``).
+    """ATen's vectorised fp32 reductions: W lanes times R registers, halving trees.
 
-    With ``W = lanes`` fp32 elements per vector register (8 on AVX2, 16 on AVX-512) and ``R =
-    registers`` registers unrolled (8):
+    The row sums of torch's CPU flash attention and softmax and the D = rowsum(dO * O) of its
+    backward are this with R = 2 (a ``VectorizedN`` pair, or a bf16 vector widened to two fp32
+    halves; R = 1 for the fp32 softmax): bit-identical on the committed CPU captures. ATen's
+    reduced-precision dot product ``dot_with_fp32_arith``
+    (``aten/src/ATen/native/cpu/ReducedPrecisionFloatGemvFastPathKernel.cpp``) is this with R = 8
+    and the tails of steps 3 and 4, as read from its source (no capture exercises it). With ``W =
+    lanes`` fp32 elements per vector register (8 on AVX2, 16 on AVX-512) and ``R = registers``:
 
     1. Main loop over the longest multiple of ``R W`` of K: element ``e`` of each iteration goes
        into accumulator ``e`` (register ``e // W``, lane ``e % W``) by an fp32 FMA, so each

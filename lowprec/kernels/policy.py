@@ -586,12 +586,12 @@ def torch_cpu_flash(
 
     Mirrors ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``: S = q k^T in fp32, scaled in
     fp32 (not folded into the exponent); P-bar = exp(S - m) in fp32 by ATen's ``fexp_u20``
-    (:func:`lowprec.vecmath.torch_fexp_u20`; measured: the forward output is then bit-identical
-    to both committed torch 2.13 CPU captures, while ``exp_u20`` leaves 1-33 % of it differing),
-    its row sum in fp32;
+    (:func:`lowprec.vecmath.torch_fexp_u20`; with ``exp_u20``, which the source we read names,
+    1-33 % of the captured outputs differ), its row sum in fp32;
     P-bar cast to ``fmt`` before the PV product, added to the rescaled fp32 O; O times the fp32
     reciprocal of l, cast to ``fmt``. Backward as FlashAttention-2's: D from the output, P
-    recomputed from lse, dS cast to ``fmt``. The CPU's products are not tensor cores: the score
+    recomputed from lse by SLEEF's expf (``bwd_exp_impl``), dS cast to ``fmt``. The CPU's
+    products are not tensor cores: the score
     and dP products take ``scores_accum``, the PV and gradient products ``pv_accum`` (what
     :func:`lowprec.compare.torch_cpu_flash_policy` picks from a capture's device facts).
     Named ``torch_cpu_flash_<fmt>``.
@@ -600,6 +600,7 @@ def torch_cpu_flash(
     return _fa2(f"torch_cpu_flash_{f.name}", f).replace(
         scale_apply="scores",
         exp_impl="torch_fexp_u20",
+        bwd_exp_impl="sleef_expf_u10",
         scores_accum=scores_accum,
         pv_accum=pv_accum,
         dp_accum=scores_accum,
@@ -616,13 +617,21 @@ def torch_math(fmt: Format | str) -> AttentionPolicy:
     :func:`naive_fp32` with ``fmt`` inputs and outputs, not :func:`naive_bf16` (whose bf16
     intermediates the captured CPU runs do not show: its predicted RMSE is ~3x the measured
     one). The inputs are already ``fmt`` values, so the policy's input format is fp32: q and k
-    scaled by sqrt(alpha) stay fp32, as after the upcast. Autograd differentiates the fp32
-    softmax, so D = rowsum(dP * P) (``delta_source="dp_p"``). Named ``torch_math_<fmt>``.
+    scaled by sqrt(alpha) stay fp32, as after the upcast. The softmax is ATen's vectorised CPU
+    kernel: SLEEF's expf (``exp_impl="sleef_expf_u10"``) and P-bar times the fp32 reciprocal of
+    the row sum (``final_op="reciprocal"``). Autograd differentiates the fp32 softmax from the
+    probabilities it saved (``bwd_probs="softmax"``), so D = rowsum(dP * P)
+    (``delta_source="dp_p"``). The products and the row sums' lane order depend on the CPU:
+    :func:`lowprec.compare.torch_math_policy` sets them from a capture's device facts. Named
+    ``torch_math_<fmt>``.
     """
     f = get_format(fmt)
     return naive_fp32().replace(
         name=f"torch_math_{f.name}",
+        exp_impl="sleef_expf_u10",
+        final_op="reciprocal",
         delta_source="dp_p",
+        bwd_probs="softmax",
         out_fmt=f,
         grad_out_fmt=f,
     )
