@@ -81,9 +81,10 @@ def device_line(device: dict[str, Any]) -> str:
             where += f" (compute capability {cc[0]}.{cc[1]}, CUDA {device.get('cuda')})"
     else:
         flags = ", ".join(device.get("cpu_flags", [])) or "none"
+        model = device.get("cpu_model") or "no CPU model name recorded"
         where = (
-            f"CPU {device.get('machine', '?')} (torch capability {device.get('cpu_capability')}, "
-            f"flags {flags}; the capture records no CPU model name)"
+            f"CPU {device.get('machine', '?')}, {model} (torch capability "
+            f"{device.get('cpu_capability')}, flags {flags})"
         )
     threads = device.get("num_threads")
     tail = f", {threads} thread(s)" if threads is not None else ""
