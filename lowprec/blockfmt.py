@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -1365,12 +1366,12 @@ def quantize(
             if big > 0:
                 den = np.asarray(elem.max * _scale_top(b))
                 tscale = float(round_to(divide_round_odd(np.asarray(big), den), fp32))
-        vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem) if fp4 else np.zeros(8))
+        vals = _fp4_grid(elem, sf)[0] if fp4 else np.zeros(8)
         exact = np.zeros(scale.size, dtype=np.bool_)
         if whole and tscale > 0.0:
             loop = _WHOLE["fp4", b.block][0 if par else 1]
             loop(x2.reshape(-1), bmax, out.reshape(-1), scale.reshape(-1),
-                 *_fp4_tables(elem, sf, tscale, vals))  # fmt: skip
+                 *_fp4_tables(elem, sf, tscale))  # fmt: skip
         else:
             loop = _qdiv_par if par else _qdiv_ser
             targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
@@ -1428,8 +1429,61 @@ def _finite_amax_of_blocks(bits: _Bits, bmax: NDArray[np.int32], block: int) -> 
     return float(np.asarray(top, dtype=np.int32).view(np.float32))
 
 
+@functools.cache
+def _fp4_grid(elem: Format, sf: Format) -> tuple[F64, F64, F64, F64, NDArray[np.float32]]:
+    """The parts of the fp4 tables that do not depend on the tensor scale, for a 4-bit element
+    format and a scale format: ``(vals, svals, top_mids, elem_mids, steps)``.
+
+    ``vals``: the element format's eight non-negative values (codes 0..7); ``svals``: the scale
+    format's values of codes 0 .. (its max); ``top_mids[c-1]``: the midpoint of ``svals[c-1]``
+    and ``svals[c]`` times ``elem.max``; ``elem_mids[c, k]``: ``(vals[k] + vals[k+1]) / 2 *
+    svals[c]`` (all exact in float64); ``steps``: ``vals[k+1] - vals[k]`` in float32.
+    """
+    vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem), dtype=np.float64)
+    top = int(np.asarray(encode(np.asarray(sf.max), sf)))
+    svals = np.asarray(decode(np.arange(top + 1, dtype=np.uint64), sf), dtype=np.float64)
+    top_mids = (svals[:-1] + svals[1:]) / 2 * elem.max
+    elem_mids = ((vals[:-1] + vals[1:]) / 2)[None, :] * svals[:, None]  # (codes, 7)
+    return vals, svals, top_mids, elem_mids, np.asarray(np.diff(vals), dtype=np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_down(v: float) -> Any:
+    """The bits of v >= 0 (float64) rounded down to float32 (float32's max above it)."""
+    f = np.float32(v)
+    bits = np.int32(f.view(np.int32))
+    return bits - 1 if np.float64(f) > v else bits
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_up(v: float) -> Any:
+    """The bits of v >= 0 (float64) rounded up to float32 (+inf above float32's max)."""
+    f = np.float32(v)
+    bits = np.int32(f.view(np.int32))
+    return bits + 1 if np.float64(f) < v else bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _fp4_tables_loop(
+    t: float, top_mids: F64, elem_mids: F64, passes: NDArray[np.int32], ths: NDArray[np.int32]
+) -> None:
+    """Fill ``passes`` (128) and the bits of ``ths`` (codes * 8) for tensor scale t (see
+    :func:`_fp4_tables`)."""
+    passes[:] = np.iinfo(np.int32).max
+    for c in range(1, top_mids.size + 1):
+        v = top_mids[c - 1] * t
+        d = _f32_down(v)
+        tie = np.float64(np.int32(d).view(np.float32)) == v and c % 2 == 0
+        passes[c] = d - 1 if tie else d
+    for c in range(elem_mids.shape[0]):
+        for k in range(7):
+            v = elem_mids[c, k] * t
+            ths[8 * c + k] = _f32_down(v) if k % 2 == 0 else _f32_up(v)
+        ths[8 * c + 7] = 0
+
+
 def _fp4_tables(
-    elem: Format, sf: Format, t: float, vals: F64
+    elem: Format, sf: Format, t: float
 ) -> tuple[NDArray[np.int32], F64, NDArray[np.float32], NDArray[np.float32]]:
     """The tables of :func:`_quantize_fp4_whole_loop` for tensor scale t > 0:
     ``(passes, svals, ths, steps)``.
@@ -1442,29 +1496,11 @@ def _fp4_tables(
     (exact in float64) rounded to float32 down for even k (compared with ``>``) and up for odd
     k (``>=``), ``ths[c, 7] = 0`` (unused). ``steps``: ``vals[k+1] - vals[k]`` in float32.
     """
-    top = int(np.asarray(encode(np.asarray(sf.max), sf)))
-    svals = np.asarray(decode(np.arange(top + 1, dtype=np.uint64), sf), dtype=np.float64)
-    bounds = np.full(128, np.inf)
-    bounds[1 : top + 1] = (svals[:-1] + svals[1:]) / 2 * (elem.max * t)
-    down, up = _f32_down_up(bounds)
-    passes = down.view(np.int32) - ((down == bounds) & (np.arange(128) % 2 == 0))
-    passes[top + 1 :] = np.iinfo(np.int32).max
-    mids = (vals[:-1] + vals[1:]) / 2  # (7,)
-    down, up = _f32_down_up(mids[None, :] * (svals[:, None] * t))  # (codes, 7)
-    ths = np.zeros((top + 1, 8), np.float32)
-    ths[:, :7] = np.where(np.arange(7) % 2 == 0, down, up)
-    steps = np.asarray(np.diff(vals), dtype=np.float32)
-    return np.asarray(passes, dtype=np.int32), svals, ths.reshape(-1), steps
-
-
-def _f32_down_up(v: F64) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """``v`` (float64, >= 0) rounded to float32 down and up (+inf above float32's max)."""
-    with np.errstate(over="ignore"):
-        near = v.astype(np.float32)
-    back = near.astype(np.float64)
-    down = np.where(back > v, np.nextafter(near, np.float32(-np.inf)), near)
-    up = np.where(back < v, np.nextafter(near, np.float32(np.inf)), near)
-    return down.astype(np.float32), up.astype(np.float32)
+    _, svals, top_mids, elem_mids, steps = _fp4_grid(elem, sf)
+    passes = np.empty(128, np.int32)
+    ths = np.empty(elem_mids.shape[0] * 8, np.int32)
+    _fp4_tables_loop(t, top_mids, elem_mids, passes, ths)
+    return passes, svals, ths.view(np.float32), steps
 
 
 _CUT = {
