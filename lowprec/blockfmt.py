@@ -1063,6 +1063,7 @@ def _quantize_fp4_whole_loop(
     svals: F64,
     ths: NDArray[np.float32],
     steps: NDArray[np.float32],
+    rinv: float,
 ) -> None:
     """The fp4 path of :func:`_quantize_div_loop` (one target) for float32 x made of whole
     blocks of ``_BLK`` elements, from the block maxima ``bmax`` (bits of max |x|) and tables of
@@ -1073,12 +1074,15 @@ def _quantize_fp4_whole_loop(
     (the tie goes to the even code), ``B_c`` being the midpoint between the scale values of
     codes c-1 and c times ``T * t`` (T the element max); beyond the last code B is infinite,
     so a block max above the last midpoint saturates, which is e4m3_rne_satfinite(a / (T*t)).
-    The passes are monotone in c, so a branch-free binary search over the 128 thresholds
-    finds the count. Code 0 gives zero elements. Otherwise the elements are those of the fp4
-    path with ``d = S * t``: |x| is compared with the seven midpoints ``m_k * d`` (exact in
-    float64), here in float32 with ``ths[c]`` holding each rounded down for a strict comparison
-    and up for a ``>=`` one (for float32 u and real m: ``u > m`` iff ``u > RD32(m)`` and
-    ``u >= m`` iff ``u >= RU32(m)``), so the outcomes are the same and run on eight lanes.
+    The passes are monotone in c, so the count is the code k with ``bits(a) > passes[k]``
+    (or k = 0) and not ``bits(a) > passes[k+1]``: from a guess, ``rinv = 1 / (T*t)`` times a
+    rounded to e4m3's grid by its bits (right but near ties), the loops step to it, so the
+    guess decides the speed and never the result. Code 0 gives zero elements. Otherwise the
+    elements are those of the fp4 path with ``d = S * t``: |x| is compared with the seven
+    midpoints ``m_k * d`` (exact in float64), here in float32 with ``ths[c]`` holding each
+    rounded down for a strict comparison and up for a ``>=`` one (for float32 u and real m:
+    ``u > m`` iff ``u > RD32(m)``, ``u >= m`` iff ``u >= RU32(m)``), so the outcomes are the
+    same and run on eight lanes.
     """
     s1, s2, s3, s4 = steps[0], steps[1], steps[2], steps[3]
     s5, s6, s7 = steps[4], steps[5], steps[6]
@@ -1091,9 +1095,16 @@ def _quantize_fp4_whole_loop(
             for i in range(_BLK):
                 out[lo + i] = 0.0
             continue
-        code = 0
-        for step in (64, 32, 16, 8, 4, 2, 1):
-            code += step * int(m > passes[code + step])
+        # a guess from q ~ a / (T*t): q's exponent and top three fraction bits, rounded (the
+        # e4m3 code of a normal q), or q * 2**9 rounded (a subnormal one); then the passes
+        q = np.float64(np.int32(m).view(np.float32)) * rinv
+        guess = (np.float64(q).view(np.int64) + (np.int64(1) << 48)) >> 49
+        code = int(guess) - 8128 if q >= 0.015625 else int(q * 512.0 + 0.5)
+        code = min(max(code, 0), 126)
+        while m > passes[code + 1]:
+            code += 1
+        while code > 0 and not m > passes[code]:
+            code -= 1
         scales[rj] = svals[code]
         if code == 0:
             for i in range(_BLK):
@@ -1371,7 +1382,7 @@ def quantize(
         if whole and tscale > 0.0:
             loop = _WHOLE["fp4", b.block][0 if par else 1]
             loop(x2.reshape(-1), bmax, out.reshape(-1), scale.reshape(-1),
-                 *_fp4_tables(elem, sf, tscale))  # fmt: skip
+                 *_fp4_tables(elem, sf, tscale), 1.0 / (elem.max * tscale))  # fmt: skip
         else:
             loop = _qdiv_par if par else _qdiv_ser
             targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
