@@ -1008,11 +1008,18 @@ _INF32 = np.int32(0x7F800000)  # the bits of float32 +inf (larger: NaN)
 
 @numba.njit(cache=True, inline="always")
 def _block_abs_bits32(xbits: NDArray[np.int32], lo: int, blk: int) -> Any:
-    """max of the bits of |x| over ``xbits[lo : lo + blk]``, in int32."""
+    """max of the bits of |x| over ``xbits[lo : lo + blk]`` (lo >= 0, blk a multiple of 16), in
+    int32, in runs of 16 and with unsigned indices (no negative-index wraparound): the form the
+    compiler turns into vector instructions."""
     am = np.int32(0x7FFFFFFF)
+    base = np.uint64(lo)
     m = np.int32(0)
-    for i in range(blk):
-        m = max(m, np.int32(xbits[lo + i] & am))
+    for h in range(blk // 16):
+        mh = np.int32(0)
+        for i in range(16):
+            v = np.int32(xbits[base + np.uint64(16 * h + i)] & am)
+            mh = mh if mh > v else v
+        m = m if m > mh else mh
     return m
 
 
