@@ -60,7 +60,11 @@ being the discarded fraction of the gap (the rule of :func:`lowprec.reference.ro
 :func:`quantize_block_spec` is the scalar specification in exact rationals; :func:`quantize` is
 the vectorised twin, tested against it bit for bit: one compiled pass per block (block amax
 from the bits of |x|, the scale, the elements), rows in parallel. Any number of axes: the block
-axis is moved last and the other axes are flattened into rows.
+axis is moved last and the other axes are flattened into rows. float32 x made of whole blocks
+of 16 or 32 (NVFP4, MX) at nearest-even takes loops compiled for that block size: MX in one
+flat pass over the blocks; NVFP4 in two, the block maxima (which also give the tensor max)
+and then each block's e4m3 scale and elements by comparisons with exact thresholds tabulated
+once per tensor scale (no division).
 """
 
 from __future__ import annotations
