@@ -60,13 +60,18 @@ being the discarded fraction of the gap (the rule of :func:`lowprec.reference.ro
 :func:`quantize_block_spec` is the scalar specification in exact rationals; :func:`quantize` is
 the vectorised twin, tested against it bit for bit: one compiled pass per block (block amax
 from the bits of |x|, the scale, the elements), rows in parallel. Any number of axes: the block
-axis is moved last and the other axes are flattened into rows.
+axis is moved last and the other axes are flattened into rows. float32 x made of whole blocks
+of 16 or 32 (NVFP4, MX) at nearest-even takes loops compiled for that block size: MX in one
+flat pass over the blocks; NVFP4 in two, the block maxima (which also give the tensor max)
+and then each block's e4m3 scale and elements by comparisons with exact thresholds tabulated
+once per tensor scale (no division).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +82,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from lowprec._jit import parallel_and_serial, use_parallel
+from lowprec._jit import parallel_and_serial, specialise, use_parallel
 from lowprec.errors import ConfigError, LowprecError, ShapeError
 from lowprec.formats import (
     Format,
@@ -521,6 +526,31 @@ def _finish(
 
 
 @numba.njit(cache=True, inline="always")
+def _div_floor(a: float, dv: float, man_bits: int, emin: int) -> tuple[int, float, float, float]:
+    """``(k, g, g*dv, r)`` with ``a = k*g*dv + r``, ``0 <= r < g*dv``, for a > 0 and dv > 0:
+    g is the quantum of the format (``man_bits``, ``emin``) at a/dv and k = floor(a / (g*dv)).
+
+    ``g = 2**(max(e, emin) - man_bits)`` with e = floor(log2(a/dv)), found from an estimate and
+    corrected by exact comparisons with ``2**e * dv``; k is corrected the same way, and
+    ``r = a - k*g*dv`` is exact (Sterbenz). Every product here is exact in float64 for the
+    operands of this module (at most 31 + 24 significant bits).
+    """
+    e = _ilog2(a / dv)
+    if _exp2(e) * dv > a:
+        e -= 1
+    elif _exp2(e + 1) * dv <= a:
+        e += 1
+    g = _exp2(max(e, emin) - man_bits)
+    gd = g * dv
+    k = math.floor(a / gd)
+    if k * gd > a:
+        k -= 1
+    elif (k + 1.0) * gd <= a:
+        k += 1
+    return k, g, gd, a - k * gd
+
+
+@numba.njit(cache=True, inline="always")
 def _round_div(
     xv: float,
     dv: float,
@@ -537,30 +567,15 @@ def _round_div(
 ) -> float:
     """round_elem(xv / dv) exactly, for a divisor dv > 0 that need not be a power of two.
 
-    For a = |xv| the quantum of the element format at a/dv is
-    ``g = 2**(max(e, emin) - man_bits)`` with e = floor(log2(a/dv)), found from an estimate and
-    corrected by exact comparisons with ``2**e * dv``; then ``k = floor(a / (g*dv))``,
-    corrected the same way, and the remainder ``r = a - k*g*dv`` is exact (Sterbenz): every
-    rounding decision compares r with ``g*dv`` exactly (products of at most 31 + 24 bits are
-    exact in float64). ``over`` is what an overflow becomes when it does not saturate.
+    For a = |xv|, :func:`_div_floor` gives ``a / dv = (k + r / (g*dv)) * g`` with the element
+    quantum g; every rounding decision compares the exact remainder r with ``g*dv`` exactly.
+    ``over`` is what an overflow becomes when it does not saturate.
     """
     neg = bool(xv < 0.0 or (xv == 0.0 and math.copysign(1.0, xv) < 0.0))
     a = abs(xv)
     mag = 0.0
     if a > 0.0:
-        e = _ilog2(a / dv)
-        if _exp2(e) * dv > a:
-            e -= 1
-        elif _exp2(e + 1) * dv <= a:
-            e += 1
-        g = _exp2(max(e, emin) - man_bits)
-        gd = g * dv
-        k = math.floor(a / gd)
-        if k * gd > a:
-            k -= 1
-        elif (k + 1.0) * gd <= a:
-            k += 1
-        rem = a - k * gd
+        k, g, gd, rem = _div_floor(a, dv, man_bits, emin)
         up = False
         if rem > 0.0:
             if mode == 0:
@@ -684,6 +699,33 @@ def _finite_amax_loop(xbits: NDArray[Any], n: int, out: NDArray[np.int64], absma
         out[r] = m
 
 
+@numba.njit(cache=True, inline="always")
+def _pow2_scale(m: int, cm: int, cb: int, cut: float, elem_emax: int) -> int:
+    """The clamped e8m0 exponent s of a finite block whose largest bits of |x| are m (see
+    :func:`_quantize_pow2_loop`)."""
+    sv = E8M0_MIN_EXP
+    if m > 0:
+        a = _bits_value(m, cm, cb)
+        e = _ilog2(a)
+        sv = e - elem_emax + (1 if a / _exp2(e) > cut else 0)
+        sv = min(max(sv, E8M0_MIN_EXP), E8M0_MAX_EXP)
+    return sv
+
+
+@numba.njit(cache=True, inline="always")
+def _rne32_scaled(xv: Any, inv32: Any, kq32: Any, c032: Any, maxv32: Any) -> Any:
+    """rne(xv * inv32) on the element grid, saturated, in float32 (the ``fast32`` rounding of
+    :func:`_quantize_pow2_loop`): branch-free, so loops over it vectorise."""
+    y32 = xv * inv32
+    p32 = np.int32(np.float32(y32).view(np.int32) & np.int32(0x7F800000))
+    c32 = p32.view(np.float32) * kq32
+    c32 = c32 if c32 > c032 else c032
+    v32 = (y32 + c32) - c32
+    v32 = v32 if v32 < maxv32 else maxv32
+    v32 = v32 if v32 > -maxv32 else -maxv32
+    return np.float32(math.copysign(v32, y32))
+
+
 def _quantize_pow2_loop(
     x: NDArray[Any],
     xbits: NDArray[Any],
@@ -748,24 +790,12 @@ def _quantize_pow2_loop(
                 scales[rj] = np.nan
                 os[:] = 0.0
                 continue
-            sv = E8M0_MIN_EXP
-            if m > 0:
-                a = _bits_value(m, cm, cb)
-                e = _ilog2(a)
-                sv = e - elem_emax + (1 if a / _exp2(e) > cut else 0)
-                sv = min(max(sv, E8M0_MIN_EXP), E8M0_MAX_EXP)
+            sv = _pow2_scale(m, cm, cb, cut, elem_emax)
             scales[rj] = _exp2(sv)
             if fast32:  # the same rounding in float32 arithmetic (see the docstring)
                 inv32 = np.float32(_exp2(-sv))
                 for i in range(xs.size):
-                    y32 = xs[i] * inv32
-                    p32 = np.int32(np.float32(y32).view(np.int32) & np.int32(0x7F800000))
-                    c32 = p32.view(np.float32) * kq32
-                    c32 = c32 if c32 > c032 else c032
-                    v32 = (y32 + c32) - c32
-                    v32 = v32 if v32 < maxv32 else maxv32
-                    v32 = v32 if v32 > -maxv32 else -maxv32
-                    os[i] = math.copysign(v32, y32)
+                    os[i] = _rne32_scaled(xs[i], inv32, kq32, c032, maxv32)
             elif fast:
                 inv = _exp2(-sv)
                 for i in range(xs.size):
@@ -787,20 +817,8 @@ def _quantize_pow2_loop(
 
 @numba.njit(cache=True, inline="always")
 def _div_rne_exact(a: float, dv: float, man_bits: int, emin: int) -> float:
-    """rne(a / dv) for a > 0 by exact remainders (products exact: see :func:`_round_div`)."""
-    e = _ilog2(a / dv)
-    if _exp2(e) * dv > a:
-        e -= 1
-    elif _exp2(e + 1) * dv <= a:
-        e += 1
-    g = _exp2(max(e, emin) - man_bits)
-    gd = g * dv
-    k = math.floor(a / gd)
-    if k * gd > a:
-        k -= 1
-    elif (k + 1.0) * gd <= a:
-        k += 1
-    rem = a - k * gd
+    """rne(a / dv) for a > 0 by exact remainders (:func:`_div_floor`)."""
+    k, g, gd, rem = _div_floor(a, dv, man_bits, emin)
     up = 2.0 * rem > gd or (2.0 * rem == gd and k % 2.0 == 1.0)
     return (k + 1.0) * g if up else k * g
 
@@ -982,6 +1000,145 @@ def _quantize_div_loop(
                     exact[rj] = True
 
 
+_BLK = 32
+"""The block size of a whole-block loop: each is compiled once per size in :data:`_WHOLE_BLOCKS`
+with this global replaced by the size (see :func:`lowprec._jit.specialise`), so that the
+compiler sees fixed trip counts and vectorises the block's inner loops (with a run-time block
+size it kept them scalar)."""
+
+_ABS32 = np.int32(0x7FFFFFFF)  # all bits of a float32 but the sign
+_INF32 = np.int32(0x7F800000)  # the bits of float32 +inf (larger: NaN)
+
+
+@numba.njit(cache=True, inline="always")
+def _block_abs_bits32(xbits: NDArray[np.int32], lo: int, blk: int) -> Any:
+    """max of the bits of |x| over ``xbits[lo : lo + blk]`` (lo >= 0, blk a multiple of 16), in
+    int32, in runs of 16 and with unsigned indices (no negative-index wraparound): the form the
+    compiler turns into vector instructions."""
+    am = np.int32(0x7FFFFFFF)
+    base = np.uint64(lo)
+    m = np.int32(0)
+    for h in range(blk // 16):
+        mh = np.int32(0)
+        for i in range(16):
+            v = np.int32(xbits[base + np.uint64(16 * h + i)] & am)
+            mh = mh if mh > v else v
+        m = m if m > mh else mh
+    return m
+
+
+def _quantize_pow2_whole_loop(
+    x: NDArray[np.float32],
+    xbits: NDArray[np.int32],
+    out: NDArray[np.float32],
+    scales: F64,
+    cut: float,
+    elem_emax: int,
+    man_bits: int,
+    emin: int,
+    maxv: float,
+) -> None:
+    """The ``fast32`` path of :func:`_quantize_pow2_loop` for float32 x made of whole blocks of
+    ``_BLK`` elements: one flat loop over the blocks (the same maths, the same bits)."""
+    c032 = np.float32(1.5 * _exp2(23 + emin - man_bits))
+    kq32 = np.float32(1.5 * _exp2(23 - man_bits))
+    maxv32 = np.float32(maxv)
+    for rj in numba.prange(scales.size):
+        lo = rj * _BLK
+        m = _block_abs_bits32(xbits, lo, _BLK)
+        if m >= _INF32:
+            scales[rj] = np.nan
+            for i in range(_BLK):
+                out[lo + i] = 0.0
+            continue
+        sv = _pow2_scale(int(m), 23, 127, cut, elem_emax)
+        scales[rj] = _exp2(sv)
+        inv32 = np.float32(_exp2(-sv))
+        for i in range(_BLK):
+            out[lo + i] = _rne32_scaled(x[lo + i], inv32, kq32, c032, maxv32)
+
+
+def _block_amax_whole_loop(xbits: NDArray[np.int32], bmax: NDArray[np.int32]) -> None:
+    """bmax[j] = the largest bits of |x| over block j of float32 x made of whole blocks of
+    ``_BLK`` elements (NaN bits are the largest, then inf)."""
+    for rj in numba.prange(bmax.size):
+        bmax[rj] = _block_abs_bits32(xbits, rj * _BLK, _BLK)
+
+
+def _quantize_fp4_whole_loop(
+    x: NDArray[np.float32],
+    bmax: NDArray[np.int32],
+    out: NDArray[np.float32],
+    scales: F64,
+    passes: NDArray[np.int32],
+    svals: F64,
+    ths: NDArray[np.float32],
+    steps: NDArray[np.float32],
+    rinv: float,
+) -> None:
+    """The fp4 path of :func:`_quantize_div_loop` (one target) for float32 x made of whole
+    blocks of ``_BLK`` elements, from the block maxima ``bmax`` (bits of max |x|) and tables of
+    the tensor scale t (:func:`_fp4_tables`).
+
+    The scale code of a block with max a is the number of codes c in 1..127 whose threshold a
+    passes, ``bits(a) > passes[c]``: a passes c iff ``a > B_c``, or ``a = B_c`` with c even
+    (the tie goes to the even code), ``B_c`` being the midpoint between the scale values of
+    codes c-1 and c times ``T * t`` (T the element max); beyond the last code B is infinite,
+    so a block max above the last midpoint saturates, which is e4m3_rne_satfinite(a / (T*t)).
+    The passes are monotone in c, so the count is the code k with ``bits(a) > passes[k]``
+    (or k = 0) and not ``bits(a) > passes[k+1]``: from a guess, ``rinv = 1 / (T*t)`` times a
+    rounded to e4m3's grid by its bits (right but near ties), the loops step to it, so the
+    guess decides the speed and never the result. Code 0 gives zero elements. Otherwise the
+    elements are those of the fp4 path with ``d = S * t``: |x| is compared with the seven
+    midpoints ``m_k * d`` (exact in float64), here in float32 with ``ths[c]`` holding each
+    rounded down for a strict comparison and up for a ``>=`` one (for float32 u and real m:
+    ``u > m`` iff ``u > RD32(m)``, ``u >= m`` iff ``u >= RU32(m)``), so the outcomes are the
+    same and run on eight lanes.
+    """
+    s1, s2, s3, s4 = steps[0], steps[1], steps[2], steps[3]
+    s5, s6, s7 = steps[4], steps[5], steps[6]
+    zero = np.float32(0.0)
+    for rj in numba.prange(scales.size):
+        lo = rj * _BLK
+        m = bmax[rj]
+        if m >= _INF32:
+            scales[rj] = np.nan
+            for i in range(_BLK):
+                out[lo + i] = 0.0
+            continue
+        # a guess from q ~ a / (T*t): q's exponent and top three fraction bits, rounded (the
+        # e4m3 code of a normal q), or q * 2**9 rounded (a subnormal one); then the passes
+        q = np.float64(np.int32(m).view(np.float32)) * rinv
+        guess = (np.float64(q).view(np.int64) + (np.int64(1) << 48)) >> 49
+        code = int(guess) - 8128 if q >= 0.015625 else int(q * 512.0 + 0.5)
+        code = min(max(code, 0), 126)
+        while m > passes[code + 1]:
+            code += 1
+        while code > 0 and not m > passes[code]:
+            code -= 1
+        scales[rj] = svals[code]
+        if code == 0:
+            for i in range(_BLK):
+                out[lo + i] = 0.0
+            continue
+        tb = 8 * code
+        t0, t1, t2, t3 = ths[tb], ths[tb + 1], ths[tb + 2], ths[tb + 3]
+        t4, t5, t6 = ths[tb + 4], ths[tb + 5], ths[tb + 6]
+        for i in range(_BLK):
+            xv = x[lo + i]
+            u = abs(xv)
+            v = (
+                (s1 if u > t0 else zero)
+                + (s2 if u >= t1 else zero)
+                + (s3 if u > t2 else zero)
+                + (s4 if u >= t3 else zero)
+                + (s5 if u > t4 else zero)
+                + (s6 if u >= t5 else zero)
+                + (s7 if u > t6 else zero)
+            )
+            out[lo + i] = np.float32(math.copysign(v, xv))
+
+
 def _dequantize_loop(el: NDArray[Any], sc: F64, out: F64, n: int, block: int, t: float) -> None:
     """out = el * (sc[block] * t) on flat rows of n (every product exact: see dequantize)."""
     nb = -(-n // block)
@@ -1001,6 +1158,19 @@ _deq_par, _deq_ser = parallel_and_serial(_dequantize_loop)
 _famax_par, _famax_ser = parallel_and_serial(_finite_amax_loop)
 _qpow2_par, _qpow2_ser = parallel_and_serial(_quantize_pow2_loop)
 _qdiv_par, _qdiv_ser = parallel_and_serial(_quantize_div_loop)
+
+_WHOLE_BLOCKS = (16, 32)
+"""The block sizes with whole-block loops (NVFP4's 16, MX's 32)."""
+_WHOLE = {
+    (name, blk): parallel_and_serial(specialise(fn, f"_b{blk}", _BLK=blk))
+    for name, fn in (
+        ("pow2", _quantize_pow2_whole_loop),
+        ("amax", _block_amax_whole_loop),
+        ("fp4", _quantize_fp4_whole_loop),
+    )
+    for blk in _WHOLE_BLOCKS
+}
+"""(loop, block size) -> (parallel, serial) twins of the whole-block loops."""
 
 
 @dataclass(frozen=True)
@@ -1191,28 +1361,44 @@ def quantize(
     head = (x2.reshape(-1), bits.view.reshape(-1), words.reshape(-1))
     masks = (b.block, bits.absmask, bits.infbits, bits.cm, bits.cb)
     fast = mode is Rounding.NEAREST_EVEN and b.saturate and elem.subnormals and elem.negative_zero
+    # float32 x of whole blocks of a size with its own compiled loops (see _BLK)
+    whole = x2.dtype == np.float32 and n % b.block == 0 and b.block in _WHOLE_BLOCKS
     tscale = 1.0
     if sf == e8m0:
         fast &= elem.emin - elem.man_bits > -120 and elem.man_bits < 50
         cut = _CUT[sr](elem)
-        loop = _qpow2_par if par else _qpow2_ser
         # float32 x: the fast rounding in float32 is exact too (see _quantize_pow2_loop)
         fast32 = fast and x2.dtype == np.float32 and elem.man_bits <= 20
-        loop(*head, out.reshape(-1), scale.reshape(-1), n, *masks, cut, elem.emax, fast, fast32,
-             *tail)  # fmt: skip
+        if fast32 and whole:
+            loop = _WHOLE["pow2", b.block][0 if par else 1]
+            loop(x2.reshape(-1), bits.view.reshape(-1), out.reshape(-1), scale.reshape(-1), cut,
+                 elem.emax, elem.man_bits, elem.emin, elem.max)  # fmt: skip
+        else:
+            loop = _qpow2_par if par else _qpow2_ser
+            loop(*head, out.reshape(-1), scale.reshape(-1), n, *masks, cut, elem.emax, fast,
+                 fast32, *tail)  # fmt: skip
     else:
+        fp4 = fast and elem.bits == 4 and not (elem.has_inf or elem.has_nan)
+        whole &= fp4 and not b.targets
+        bmax = np.empty(scale.size if whole else 0, np.int32)  # (rows * nb,) bits of block maxima
+        if whole:
+            _WHOLE["amax", b.block][0 if par else 1](bits.view.reshape(-1), bmax)
         if b.tensor_scale:
-            big = _finite_amax(bits, par)
+            big = _finite_amax_of_blocks(bits, bmax, b.block) if whole else _finite_amax(bits, par)
             if big > 0:
                 den = np.asarray(elem.max * _scale_top(b))
                 tscale = float(round_to(divide_round_odd(np.asarray(big), den), fp32))
-        fp4 = fast and elem.bits == 4 and not (elem.has_inf or elem.has_nan)
-        vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem) if fp4 else np.zeros(8))
-        loop = _qdiv_par if par else _qdiv_ser
-        targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
+        vals = _fp4_grid(elem, sf)[0] if fp4 else np.zeros(8)
         exact = np.zeros(scale.size, dtype=np.bool_)
-        loop(*head, out.reshape(-1), scale.reshape(-1), exact, n, tscale, targets, *masks,
-             sf.man_bits, sf.emin, sf.max, vals, fp4, *tail)  # fmt: skip
+        if whole and tscale > 0.0:
+            loop = _WHOLE["fp4", b.block][0 if par else 1]
+            loop(x2.reshape(-1), bmax, out.reshape(-1), scale.reshape(-1),
+                 *_fp4_tables(elem, sf, tscale), 1.0 / (elem.max * tscale))  # fmt: skip
+        else:
+            loop = _qdiv_par if par else _qdiv_ser
+            targets = np.asarray(b.targets or (elem.max,), dtype=np.float64)
+            loop(*head, out.reshape(-1), scale.reshape(-1), exact, n, tscale, targets, *masks,
+                 sf.man_bits, sf.emin, sf.max, vals, fp4, *tail)  # fmt: skip
         for rj in np.flatnonzero(exact):  # near-ties of the squared errors: the spec decides
             r, j = divmod(int(rj), scale.shape[1])
             sl = slice(j * b.block, min(n, (j + 1) * b.block))
@@ -1251,6 +1437,92 @@ def _finite_amax(bits: _Bits, par: bool) -> float:
     loop(bits.view.reshape(-1), bits.view.shape[1], rows, bits.absmask, bits.infbits)
     top = np.asarray(rows.max(initial=0)).astype(bits.view.dtype)
     return float(top.view(np.float64 if bits.cm == 52 else np.float32))
+
+
+def _finite_amax_of_blocks(bits: _Bits, bmax: NDArray[np.int32], block: int) -> float:
+    """max |x| over the finite values of float32 x (0 if none), from its block maxima ``bmax``
+    (the bits of each block's max |x|), reading again only the blocks that hold NaN or inf."""
+    top = int(bmax.max(initial=0))
+    if top >= bits.infbits:
+        bad = np.flatnonzero(bmax >= bits.infbits)
+        held = bits.view.reshape(-1, block)[bad] & bits.absmask  # (len(bad), block)
+        top = max(int(bmax[bmax < bits.infbits].max(initial=0)),
+                  int(held[held < bits.infbits].max(initial=0)))  # fmt: skip
+    return float(np.asarray(top, dtype=np.int32).view(np.float32))
+
+
+@functools.cache
+def _fp4_grid(elem: Format, sf: Format) -> tuple[F64, F64, F64, F64, NDArray[np.float32]]:
+    """The parts of the fp4 tables that do not depend on the tensor scale, for a 4-bit element
+    format and a scale format: ``(vals, svals, top_mids, elem_mids, steps)``.
+
+    ``vals``: the element format's eight non-negative values (codes 0..7); ``svals``: the scale
+    format's values of codes 0 .. (its max); ``top_mids[c-1]``: the midpoint of ``svals[c-1]``
+    and ``svals[c]`` times ``elem.max``; ``elem_mids[c, k]``: ``(vals[k] + vals[k+1]) / 2 *
+    svals[c]`` (all exact in float64); ``steps``: ``vals[k+1] - vals[k]`` in float32.
+    """
+    vals = np.asarray(decode(np.arange(8, dtype=np.uint64), elem), dtype=np.float64)
+    top = int(np.asarray(encode(np.asarray(sf.max), sf)))
+    svals = np.asarray(decode(np.arange(top + 1, dtype=np.uint64), sf), dtype=np.float64)
+    top_mids = (svals[:-1] + svals[1:]) / 2 * elem.max
+    elem_mids = ((vals[:-1] + vals[1:]) / 2)[None, :] * svals[:, None]  # (codes, 7)
+    return vals, svals, top_mids, elem_mids, np.asarray(np.diff(vals), dtype=np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_down(v: float) -> Any:
+    """The bits of v >= 0 (float64) rounded down to float32 (float32's max above it)."""
+    f = np.float32(v)
+    bits = np.int32(f.view(np.int32))
+    return bits - 1 if np.float64(f) > v else bits
+
+
+@numba.njit(cache=True, inline="always")
+def _f32_up(v: float) -> Any:
+    """The bits of v >= 0 (float64) rounded up to float32 (+inf above float32's max)."""
+    f = np.float32(v)
+    bits = np.int32(f.view(np.int32))
+    return bits + 1 if np.float64(f) < v else bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _fp4_tables_loop(
+    t: float, top_mids: F64, elem_mids: F64, passes: NDArray[np.int32], ths: NDArray[np.int32]
+) -> None:
+    """Fill ``passes`` (128) and the bits of ``ths`` (codes * 8) for tensor scale t (see
+    :func:`_fp4_tables`)."""
+    passes[:] = np.iinfo(np.int32).max
+    for c in range(1, top_mids.size + 1):
+        v = top_mids[c - 1] * t
+        d = _f32_down(v)
+        tie = np.float64(np.int32(d).view(np.float32)) == v and c % 2 == 0
+        passes[c] = d - 1 if tie else d
+    for c in range(elem_mids.shape[0]):
+        for k in range(7):
+            v = elem_mids[c, k] * t
+            ths[8 * c + k] = _f32_down(v) if k % 2 == 0 else _f32_up(v)
+        ths[8 * c + 7] = 0
+
+
+def _fp4_tables(
+    elem: Format, sf: Format, t: float
+) -> tuple[NDArray[np.int32], F64, NDArray[np.float32], NDArray[np.float32]]:
+    """The tables of :func:`_quantize_fp4_whole_loop` for tensor scale t > 0:
+    ``(passes, svals, ths, steps)``.
+
+    ``svals``: the scale format's values of codes 0 .. (its max). ``passes[c]``: with
+    ``B_c = (svals[c-1] + svals[c]) / 2 * elem.max * t`` (exact in float64; infinite beyond
+    the last code, up to 127), the largest float32 bit pattern that does not pass c: the bits
+    of B_c rounded down to float32, less one where B_c is a float32 and c is even (there a tie
+    passes). ``ths[c, k]``: the element midpoint ``(vals[k] + vals[k+1]) / 2 * svals[c] * t``
+    (exact in float64) rounded to float32 down for even k (compared with ``>``) and up for odd
+    k (``>=``), ``ths[c, 7] = 0`` (unused). ``steps``: ``vals[k+1] - vals[k]`` in float32.
+    """
+    _, svals, top_mids, elem_mids, steps = _fp4_grid(elem, sf)
+    passes = np.empty(128, np.int32)
+    ths = np.empty(elem_mids.shape[0] * 8, np.int32)
+    _fp4_tables_loop(t, top_mids, elem_mids, passes, ths)
+    return passes, svals, ths.view(np.float32), steps
 
 
 _CUT = {

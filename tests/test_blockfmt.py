@@ -534,3 +534,122 @@ def test_block_amax_special_values():
         assert np.isnan(am[1, 0]) and am[1, 1] == 0.0
         assert am[2, 0] == 0.0 and am[2, 1] == np.inf
         assert am[3].tolist() == [float(dtype(5e-324))] * 2
+
+
+# ---- float32 x of whole blocks (the loops compiled per block size) --------------------------
+
+NVFP4_NO_T = BlockFormat("nvfp4_no_t", "fp4_e2m1", 16, "fp8_e4m3fn", "rne")
+
+
+def _f32_around(v):
+    """The float32 values at and next to the real v (float64): v itself and one float32 ulp
+    either side where v is a float32, else the float32 neighbours below and above v and one
+    more ulp beyond each."""
+    lo = np.float32(v)
+    if float(lo) > v:
+        lo = np.nextafter(lo, np.float32(-np.inf))
+    hi = lo if float(lo) == v else np.nextafter(lo, np.float32(np.inf))
+    out = {lo, hi, np.nextafter(lo, np.float32(-np.inf)), np.nextafter(hi, np.float32(np.inf))}
+    return sorted(float(u) for u in out if u >= 0)
+
+
+def _e4m3_positive():
+    return sorted({v for v in all_values("fp8_e4m3fn") if math.isfinite(v) and v > 0})
+
+
+@pytest.mark.parametrize("top", [2688.0, 2688.0 * 2.0**-140, 1234.5678, 3.0e30])
+def test_whole_block_fp4_elements_at_midpoints(rng, top):
+    """NVFP4 on float32 x of whole 16-blocks, for every positive e4m3 block scale S: elements
+    at, and one float32 ulp either side of, each e2m1 midpoint times S * t (exact ties where
+    t = 1 or t = 2**-140, float32 subnormals in the second, thresholds between float32 values
+    otherwise), random signs, against the spec. Row 0 holds the tensor max ``top``."""
+    top = float(np.float32(top))
+    t = tensor_scale_spec([top], nvfp4)
+    mids = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
+    rows = [[top] + [0.0] * 15]
+    for s in _e4m3_positive():
+        a = float(np.float32(s * 6.0 * t))  # rounds to S (relative error 2**-24)
+        if not 0 < a < top:
+            continue
+        vals = [u for m in mids for u in _f32_around(m * s * t) if u < a]
+        for i in range(0, len(vals), 15):
+            rows.append([a] + vals[i : i + 15] + [0.0] * (15 - len(vals[i : i + 15])))
+    x = np.array(rows, dtype=np.float32)
+    x *= np.where(rng.random(x.shape) < 0.5, -1, 1).astype(np.float32)
+    x[0, 0] = top
+    got = check_against_spec(x, nvfp4, "rne")
+    assert got.elements.dtype == np.float32 and got.tensor_scale == t
+    assert len(set(got.scales[1:, 0].tolist())) > 100  # most e4m3 scales were exercised
+
+
+@pytest.mark.parametrize("top", [None, 1234.5678, 2688.0 * 2.0**-140])
+def test_whole_block_e4m3_scale_at_its_midpoints(top):
+    """float32 block maxima at, and a float32 ulp either side of, every midpoint of e4m3
+    values times 6t, above the saturation edge and far below the smallest scale (zero
+    elements): the scale search of the whole-block loop against the spec (t = 1 without a
+    tensor scale, else from row 0's max ``top``)."""
+    b = NVFP4_NO_T if top is None else nvfp4
+    if top is not None:
+        top = float(np.float32(top))
+    t = 1.0 if top is None else tensor_scale_spec([top], nvfp4)
+    vals = [0.0, *_e4m3_positive()]
+    qs = [(p + q) / 2 for p, q in itertools.pairwise(vals)] + [448.0, 464.0, 480.0, 1e4, 1e-5]
+    maxima = sorted({a for q in qs for a in _f32_around(q * 6.0 * t) if a > 0})
+    if top is not None:
+        maxima = [a for a in maxima if a < top] + [top]
+    x = np.zeros((len(maxima), b.block), dtype=np.float32)
+    x[:, 0] = maxima
+    x[:, 1] = -np.array(maxima, dtype=np.float32) / 3
+    x[:, 2] = np.array(maxima, dtype=np.float32) / 11
+    got = check_against_spec(x, b, "rne")
+    assert 0.0 in got.scales and 448.0 in got.scales
+
+
+def test_whole_block_special_blocks_and_the_finite_tensor_max():
+    """NaN and inf blocks of float32 x made of whole blocks: NaN scales and zero elements; the
+    tensor scale takes the largest finite value, here in a block that also holds NaN."""
+    x = np.zeros((4, 32), dtype=np.float32)
+    x[0, :3] = [np.nan, -1000.0, 3.0]  # the tensor max is beside a NaN
+    x[1, 16:19] = [np.inf, 2.0, -1.0]
+    x[2, :] = np.linspace(-5, 5, 32, dtype=np.float32)
+    x[3, 5] = -np.inf
+    for b in (nvfp4, mxfp4, mxfp8_e4m3):
+        got = check_against_spec(x, b, "rne")
+        assert np.isnan(got.scales).sum() == 3
+    assert quantize(x, nvfp4).tensor_scale == tensor_scale_spec([1000.0], nvfp4)
+
+
+@pytest.mark.parametrize("bfmt", ALL_VARIANTS, ids=repr)
+def test_whole_block_float32_random_against_spec(rng, bfmt):
+    """Heavy-tailed float32 x of whole blocks with zeros, -0, float32 subnormals, scaled
+    element ties and one ulp beside them, huge and tiny blocks (the e8m0 clamps), a NaN and an
+    inf block: nearest-even against the spec."""
+    x = heavy_tailed(rng, (6, 3 * bfmt.block)).astype(np.float32)
+    x[0, :4] = [0.0, -0.0, 2.0**-149, -(2.0**-140)]
+    x[1, : bfmt.block] = 2.0**-148  # e8m0 clamps at 2**-127
+    x[2, : bfmt.block] *= np.float32(2.0**100)
+    x[3, 3] = np.nan
+    x[4, -1] = -np.inf
+    elem = bfmt.elem
+    grid = sorted({v for v in all_values(elem) if math.isfinite(v) and v >= 0})
+    mids = [(p + q) / 2 for p, q in itertools.pairwise(grid)]
+    near = [u for m in mids for u in _f32_around(m)][: 3 * bfmt.block - 1]
+    x[5, 0] = elem.max
+    x[5, 1 : 1 + len(near)] = np.array(near) * np.where(rng.random(len(near)) < 0.5, -1, 1)
+    check_against_spec(x, bfmt, "rne")
+
+
+@pytest.mark.parametrize("bfmt", [mxfp8_e4m3, mxfp4, nvfp4], ids=repr)
+def test_whole_block_parallel_equals_serial(rng, bfmt):
+    """A float32 array large enough for the parallel loops equals its row chunks quantised one
+    at a time (small enough for the serial ones), bit for bit; every chunk holds the tensor max
+    so that NVFP4's tensor scale is the same."""
+    x = heavy_tailed(rng, (64, 2048)).astype(np.float32)  # 131072 values
+    x[:, 0] = np.float32(2.0 * np.abs(x).max())
+    x[7, 100] = np.nan
+    whole = quantize(x, bfmt)
+    for r in range(0, 64, 8):
+        part = quantize(x[r : r + 8], bfmt)  # 16384 values
+        assert part.tensor_scale == whole.tensor_scale
+        assert same_bits(part.elements, whole.elements[r : r + 8]).all()
+        assert same_bits(part.scales, whole.scales[r : r + 8]).all()
