@@ -64,7 +64,7 @@ def round_one(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
+    mode: int | np.int64,
     rand_bits: int,
 ) -> np.int64:
     """The general rule for one element: carrier bits ``a`` in, carrier bits of the result out.
@@ -179,7 +179,7 @@ def _fast_any(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
+    mode: int | np.int64,
     rand_bits: int,
 ) -> np.int64:
     """One element, any mode: add-then-truncate in the target's normal range, else round_one."""
@@ -287,12 +287,13 @@ def _rne_elem(
 ) -> np.int64:
     """One element in nearest-even, with the loop constants from :func:`_rne_setup`."""
     shift, sign_bit, normal_bits, inf_bits, general = consts
+    rne = np.int64(RNE)  # an int64, not a literal: the specialisation of round_one others use
     mag = a & (sign_bit - 1)
     if general or mag < normal_bits or mag >= inf_bits:
-        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, rne, 64)
     res = ((mag + ((np.int64(1) << (shift - 1)) - 1) + ((mag >> shift) & 1)) >> shift) << shift
     if res > max_bits:
-        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, RNE, 64)
+        return round_one(a, np.uint64(0), sm, se, sb, tm, temin, max_bits, flags, rne, 64)
     return res | (a & sign_bit)
 
 
@@ -646,9 +647,11 @@ def _round_fast(
                         r = np.uint64(0)
                         if _MODE == SR:
                             r = words[i - start] if _PCG else np.uint64(rand[i]) & rmask
+                        # the mode as an int64, not a literal: one compiled round_one for all
                         out[i] = round_one(
-                            np.int64(a), r, sm, se, sb, tm, temin, max_bits, flags, _MODE, rand_bits
-                        )
+                            np.int64(a), r, sm, se, sb, tm, temin, max_bits, flags,
+                            np.int64(_MODE), rand_bits,
+                        )  # fmt: skip
 
 
 def _fast_twins(carrier: type, mode: int, per_word: int = 0) -> tuple[Any, Any]:

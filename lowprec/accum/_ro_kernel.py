@@ -19,6 +19,13 @@ computed by float64 BLAS; the proofs are in :mod:`lowprec.accum.core`'s module d
 Each loop is compiled twice, parallel over rows (or elements) and serial for small arrays, so a
 small product pays no thread start-up. The hot path of :func:`decide` is the certificate test
 and one add-then-truncate rounding (:func:`lowprec._round_kernel._fast_any`).
+
+The per-element path of both decide loops is one compiled function, :func:`_decide_row`, that
+both call once per row (:func:`decide_rne` only on a row its branch-free loop left elements
+flagged in), with arguments of the same types (no literals), so numba types and compiles it
+once; the element functions are inlined into it only, and it holds two copies of the rounding
+(one for both certificates, one for both ends of the error interval). Inlining them into each
+loop had compiled four roundings in every loop, most of a cold start's compile time (issue 18).
 """
 
 from __future__ import annotations
@@ -85,7 +92,7 @@ def _rnd(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
+    mode: int | np.int64,
 ) -> np.int64:
     """Bits of the float64 x rounded into the target (nearest-even with hoisted constants).
 
@@ -108,7 +115,7 @@ def _round_exact(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
+    mode: int | np.int64,
 ) -> np.int64:
     """Bits of an exact sum ``sv`` rounded into the target; an exact zero sum is +0."""
     if sv == 0.0:
@@ -125,7 +132,7 @@ def _interval(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
+    mode: int | np.int64,
 ) -> tuple[bool, np.int64]:
     """Whether every x in [sv - err, sv + err] (rounded outward) rounds the same; the bits."""
     lo = sv - err
@@ -134,8 +141,13 @@ def _interval(
     hi = hi + (abs(hi) * 2.0**-52 + 5e-324)
     if not (abs(lo) < np.inf and abs(hi) < np.inf):
         return False, np.int64(0)
-    r_lo = _rnd(lo, consts, tm, temin, max_bits, flags, mode)
-    r_hi = _rnd(hi, consts, tm, temin, max_bits, flags, mode)
+    # both ends through one inlined copy of the rounding (it is what numba compiles slowly)
+    r_lo = np.int64(0)
+    r_hi = np.int64(0)
+    for end in range(2):
+        r_hi = _rnd(hi if end else lo, consts, tm, temin, max_bits, flags, mode)
+        if end == 0:
+            r_lo = r_hi
     return r_lo == r_hi, r_hi
 
 
@@ -155,18 +167,21 @@ def _decide_elem(
     temin: int,
     max_bits: int,
     flags: int,
-    mode: int,
-) -> tuple[bool, np.int64]:
+    mode: int | np.int64,
+) -> tuple[bool, bool, np.int64]:
     """One element the fast tests left: the error interval, then the certificate with c.
 
     ``sv = s + c`` (c = ``cv``, its bits ``cbits``); ``bound`` bounds ``sum |a_k b_k| + |c|``;
-    ``g_ab`` is the row's plus the column's lowest-bit exponent. Returns (decided, bits).
+    ``g_ab`` is the row's plus the column's lowest-bit exponent. Returns (decided by the
+    interval, certified exact, the interval's bits): a certified sv is the exact sum, which
+    the caller rounds (:func:`_round_exact`).
     """
     decided = False
     res = np.int64(0)
     if ok:
         err = e_coef * bound * (1.0 + 2.0**-50) + under
         decided, res = _interval(sv, err, rc, tm, temin, max_bits, flags, mode)
+    exact = False
     if ok and not decided and certify_c:
         # the certificate with c: every term a multiple of 2**g, the sum below 2**(53+g)
         g = g_ab
@@ -174,10 +189,92 @@ def _decide_elem(
         if cv != 0.0 and lowc < g:
             g = lowc
         lim = np.int64(min(53 + g, 1023) + 1023) << 52  # bits of 2**(53 + g)
-        if g >= -1074 and bound < np.int64(lim).view(np.float64):
-            decided = True
+        exact = bool(g >= -1074 and bound < np.int64(lim).view(np.float64))
+    return decided, exact, res
+
+
+@numba.njit(cache=True)
+def _decide_row(
+    s: Any,
+    c: Any,
+    t: Any,
+    a: Any,
+    bt: Any,
+    ia: Any,
+    ib: Any,
+    ga: Any,
+    amax: Any,
+    oka: Any,
+    gb: Any,
+    bmax: Any,
+    okb: Any,
+    ra: Any,
+    rb: Any,
+    bi: np.int64,
+    i: np.int64,
+    kdim: int,
+    refine: bool | np.bool_,
+    use_t: bool | np.bool_,
+    flagged_only: bool | np.bool_,
+    e_coef: float,
+    under: float,
+    tm: int,
+    temin: int,
+    max_bits: int,
+    flags: int,
+    mode: int | np.int64,
+    out: Any,
+    flag: Any,
+) -> None:
+    """Row ``i`` of output batch ``bi`` of :func:`_decide` (the arguments are its), K =
+    ``kdim``; with ``flagged_only``, only the elements flagged 1 (the refining pass, and the
+    elements :func:`_decide_rne`'s branch-free loop leaves)."""
+    kf = float(kdim)
+    rlim = 2.0**53 / (kf * (1.0 + 2.0**-49)) if kdim > 0 else np.inf
+    has_c = c.size > 0
+    cb = c.view(np.int64)
+    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    gi = ga[bi, i]
+    ai = amax[bi, i] * kf
+    glim = -1074 - gi
+    rai = ra[bi, i]
+    oki = oka[bi, i]
+    for j in range(s.shape[2]):
+        if flagged_only and flag[bi, i, j] == 0:
+            continue
+        cv = c[bi, i, j] if has_c else 0.0
+        sv = s[bi, i, j] + cv
+        decided = False
+        res = np.int64(0)
+        # the certificate on significands: K max|a| 2**-ga max|b| 2**-gb < 2**53
+        exact = not refine and not has_c and gb[bi, j] >= glim and rai * rb[bi, j] < rlim
+        if not exact:
+            ok = oki and okb[bi, j] and abs(cv) < np.inf
+            if not refine:
+                bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
+            elif use_t:
+                bound = t[bi, i, j] + abs(cv)
+            else:
+                acc = 0.0
+                ar = ia[bi]
+                br = ib[bi]
+                for k in range(kdim):
+                    acc += abs(a[ar, i, k]) * abs(bt[br, j, k])
+                bound = acc + abs(cv)
+            cbits = cb[bi, i, j] if has_c else np.int64(0)
+            decided, exact, res = _decide_elem(
+                sv, cv, cbits, bound, ok, has_c and not refine, gi + gb[bi, j], e_coef, under,
+                rc, tm, temin, max_bits, flags, mode,
+            )  # fmt: skip
+        if exact:
+            # one inlined copy of the rounding for both certificates
             res = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
-    return decided, res
+            decided = True
+        if decided:
+            out[bi, i, j] = res
+            flag[bi, i, j] = 0
+        else:
+            flag[bi, i, j] = 1
 
 
 def _decide(
@@ -229,54 +326,15 @@ def _decide(
         out: Result bits (Bt, M, N) as int64 (written where decided).
         flag: 1 where undecided (written in the first pass; cleared when refined).
     """
-    bsz, m, n = s.shape
-    kdim = a.shape[2]
-    kf = float(kdim)
-    rlim = 2.0**53 / (kf * (1.0 + 2.0**-49)) if kdim > 0 else np.inf
-    has_c = c.size > 0
-    cb = c.view(np.int64)
-    rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    bsz, m = s.shape[:2]
     for row in numba.prange(bsz * m):
-        bi = row // m
-        i = row - bi * m
-        gi = ga[bi, i]
-        ai = amax[bi, i] * kf
-        glim = -1074 - gi
-        rai = ra[bi, i]
-        oki = oka[bi, i]
-        for j in range(n):
-            if refine and flag[bi, i, j] == 0:
-                continue
-            cv = c[bi, i, j] if has_c else 0.0
-            sv = s[bi, i, j] + cv
-            if not refine and not has_c:
-                # the certificate on significands: K max|a| 2**-ga max|b| 2**-gb < 2**53
-                if gb[bi, j] >= glim and rai * rb[bi, j] < rlim:
-                    out[bi, i, j] = _round_exact(sv, rc, tm, temin, max_bits, flags, mode)
-                    flag[bi, i, j] = 0
-                    continue
-            ok = oki and okb[bi, j] and abs(cv) < np.inf
-            if not refine:
-                bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
-            elif use_t:
-                bound = t[bi, i, j] + abs(cv)
-            else:
-                acc = 0.0
-                ar = ia[bi]
-                br = ib[bi]
-                for k in range(kdim):
-                    acc += abs(a[ar, i, k]) * abs(bt[br, j, k])
-                bound = acc + abs(cv)
-            cbits = cb[bi, i, j] if has_c else np.int64(0)
-            decided, res = _decide_elem(
-                sv, cv, cbits, bound, ok, has_c and not refine, gi + gb[bi, j], e_coef, under,
-                rc, tm, temin, max_bits, flags, mode,
-            )  # fmt: skip
-            if decided:
-                out[bi, i, j] = res
-                flag[bi, i, j] = 0
-            else:
-                flag[bi, i, j] = 1
+        bi = np.int64(row) // m
+        _decide_row(
+            s, c, t, a, bt, ia, ib, ga, amax, oka, gb, bmax, okb, ra, rb,
+            bi, np.int64(row) - bi * m,
+            a.shape[2], refine, use_t, refine, e_coef, under, tm, temin, max_bits, flags, mode,
+            out, flag,
+        )  # fmt: skip
 
 
 decide_par, decide_ser = parallel_and_serial(_decide)
@@ -413,13 +471,17 @@ def _decide_rne(
     to the nearest midpoint of the target's grid. Either way a decided element holds the exact
     sum correctly rounded, the value ``_decide`` gives it.
     """
-    bsz, m, n = s.shape
+    bsz, m = s.shape[:2]
     kf = float(kdim)
     rlim = 2.0**53 / (kf * (1.0 + 2.0**-49)) if kdim > 0 else np.inf
     has_c = c.size > 0
-    cb = c.view(np.int64)
     sb_ = s.view(np.int64)
     rc = _rne_setup(52, 11, 1023, tm, temin, flags)
+    # the argument types of _decide's call, not literals: one compiled _decide_row serves both
+    rne = np.int64(RNE)
+    no, yes = np.bool_(False), np.bool_(True)
+    none3 = np.empty((0, 0, 0))  # a, bt and t: unused by the first pass
+    none1 = np.empty(0, np.int64)
     for row in numba.prange(bsz * m):
         bi = row // m
         i = row - bi * m
@@ -438,30 +500,12 @@ def _decide_rne(
             pending = _fast_row(
                 sb_[bi, i], gb[bi], rb[bi], glim, rai, rlim, rc, max_bits, out[bi, i], flag[bi, i]
             )
-        if pending == 0:
-            continue
-        for j in range(n):
-            if flag[bi, i, j] == 0:
-                continue
-            cv = c[bi, i, j] if has_c else 0.0
-            sv = s[bi, i, j] + cv
-            if not has_c:
-                if gb[bi, j] >= glim and rai * rb[bi, j] < rlim:
-                    out[bi, i, j] = _round_exact(sv, rc, tm, temin, max_bits, flags, RNE)
-                    flag[bi, i, j] = 0
-                    continue
-            ok = oki and okb[bi, j] and abs(cv) < np.inf
-            bound = (ai * bmax[bi, j] + abs(cv)) * (1.0 + 2.0**-50)
-            cbits = cb[bi, i, j] if has_c else np.int64(0)
-            decided, res = _decide_elem(
-                sv, cv, cbits, bound, ok, has_c, gi + gb[bi, j], e_coef, under,
-                rc, tm, temin, max_bits, flags, RNE,
+        if pending:
+            _decide_row(
+                s, c, none3, none3, none3, none1, none1, ga, amax, oka, gb, bmax, okb, ra, rb,
+                np.int64(bi), np.int64(i), kdim, no, no, yes, e_coef, under, tm, temin,
+                max_bits, flags, rne, out, flag,
             )  # fmt: skip
-            if decided:
-                out[bi, i, j] = res
-                flag[bi, i, j] = 0
-            else:
-                flag[bi, i, j] = 1
 
 
 decide_rne_par, decide_rne_ser = parallel_and_serial(_decide_rne)
