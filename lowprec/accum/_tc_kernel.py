@@ -28,19 +28,33 @@ ZERO_EXP = -(1 << 20)  # exponent stored for zero inputs: never the maximum
 EXP_CAP = 1000  # reference exponents are capped here (only an infinite c reaches it)
 
 
-def _exponents(x: np.ndarray, emin: int, e: np.ndarray, bad: np.ndarray, along_rows: bool) -> None:
-    """Exponents ``max(floor(log2|x|), emin)`` of the entries of x, from their bit patterns.
+def _exponents(
+    x: np.ndarray,
+    emin: int,
+    man_bits: int,
+    vmax: float,
+    e: np.ndarray,
+    bad: np.ndarray,
+    on_grid: np.ndarray,
+    along_rows: bool,
+) -> None:
+    """Exponents ``max(floor(log2|x|), emin)`` of the entries of x, from their bit patterns,
+    and whether every finite entry is a value of a signed format with zero and subnormals.
 
     A finite nonzero float64 ``x`` with biased exponent field ``f`` has ``floor(log2|x|) =
     f - 1023`` when normal; a float64 subnormal (f = 0) lies below 2**-1022, far below every
     ``emin`` these models take (>= -126), so the floor at ``emin`` gives it the same value.
-    Zeros, inf and NaN get :data:`ZERO_EXP`.
+    Zeros, inf and NaN get :data:`ZERO_EXP`. Such a format holds x exactly when ``|x| <= vmax``
+    and x is a multiple of its quantum ``2**(e - man_bits)``, ``e = max(floor(log2|x|), emin)``:
+    the ``f - 1023 - e + man_bits`` fraction bits of x that the format keeps (none kept: x lies
+    below the quantum) are followed by zeros.
 
     Args:
         x: (B, R, C) float64.
-        emin: Minimum exponent of the input format.
+        emin, man_bits, vmax: Minimum exponent, fraction bits and largest value of the format.
         e: (B, R, C) int32 result.
         bad: (B, R) bool if ``along_rows`` else (B, C): rows (columns) of x holding inf/NaN.
+        on_grid: (B * R,) bool result: whether every finite entry of the row is on the grid.
         along_rows: Which of the two ``bad`` reports.
     """
     nb, nr, nc = x.shape
@@ -51,12 +65,20 @@ def _exponents(x: np.ndarray, emin: int, e: np.ndarray, bad: np.ndarray, along_r
         xr = x[bi, r]
         er = e[bi, r]
         row_bad = False
+        row_off = False
         for q in range(nc):
-            f = (as_bits(xr[q]) >> 52) & 0x7FF
+            bits = as_bits(xr[q])
+            f = (bits >> 52) & 0x7FF
             nonzero = xr[q] != 0.0
             finite = f != 0x7FF
-            er[q] = np.int32(max(f - 1023, emin)) if nonzero & finite else np.int32(ZERO_EXP)
+            ex = max(f - 1023, emin)
+            er[q] = np.int32(ex) if nonzero & finite else np.int32(ZERO_EXP)
+            kept = f - 1023 - ex + man_bits
+            low = (np.int64(1) << (52 - max(kept, np.int64(0)))) - 1
+            off = (kept < 0) | ((bits & low) != 0) | (abs(xr[q]) > vmax)
+            row_off |= off & nonzero & finite
             row_bad |= not finite
+        on_grid[t] = not row_off
         if along_rows:
             bad[bi, r] = row_bad
     if not along_rows:

@@ -114,7 +114,7 @@ class TensorCore(AccumModel):
 
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         in_fmt, acc, out = _f(self.in_fmt), _f(self.acc_fmt), _f(self.out_fmt)
-        _check_inputs(f"TensorCore {self.name}", a, b, in_fmt)
+        a_in, b_in = a, b
         a, b, c, shape = broadcast_operands(a, b, c)
         batch = shape[:-2]
         m, k = a.shape[-2:]
@@ -123,8 +123,10 @@ class TensorCore(AccumModel):
         a3 = np.ascontiguousarray(a.reshape(-1, m, k))
         b3 = np.ascontiguousarray(b.reshape(-1, k, n))
         c3 = np.ascontiguousarray(np.broadcast_to(c0, shape).reshape(-1, m, n))
-        ea, bad_a = _exponents(a3, in_fmt, True)
-        eb, bad_b = _exponents(b3, in_fmt, False)
+        ea, bad_a, a_on_grid = _exponents(a3, in_fmt, True)
+        eb, bad_b, b_on_grid = _exponents(b3, in_fmt, False)
+        if not (a_on_grid and b_on_grid):
+            _check_inputs(f"TensorCore {self.name}", a_in, b_in, in_fmt)
         res = np.empty_like(c3)
         par, ser = _k.TC_LOOPS[self.rounding is Rounding.NEAREST_EVEN]
         tc = par if use_parallel(res.size) else ser
@@ -166,14 +168,17 @@ def _check_inputs(who: str, a: F64, b: F64, fmt: Format) -> None:
             )
 
 
-def _exponents(x: F64, fmt: Format, along_rows: bool) -> tuple[np.ndarray, np.ndarray]:
+def _exponents(x: F64, fmt: Format, along_rows: bool) -> tuple[np.ndarray, np.ndarray, bool]:
     """Exponents ``max(floor(log2|x|), emin)`` (ZERO_EXP for 0, inf, NaN) of a C-contiguous
-    (B, R, C) x, and which rows (``along_rows``) or columns of x hold inf/NaN."""
+    (B, R, C) x, which rows (``along_rows``) or columns of x hold inf/NaN, and whether every
+    finite entry is certainly a value of ``fmt`` (False: :func:`_check_inputs` decides)."""
     e = np.empty(x.shape, np.int32)
     bad = np.empty(x.shape[:2] if along_rows else (x.shape[0], x.shape[2]), np.bool_)
+    on_grid = np.empty(x.shape[0] * x.shape[1], np.bool_)
     kernel = _k.exponents_par if use_parallel(x.size) else _k.exponents_ser
-    kernel(x, fmt.emin, e, bad, along_rows)
-    return e, bad
+    kernel(x, fmt.emin, fmt.man_bits, fmt.max, e, bad, on_grid, along_rows)
+    plain = fmt.signed and fmt.has_zero and fmt.subnormals
+    return e, bad, plain and bool(on_grid.all())
 
 
 @dataclass(frozen=True)
