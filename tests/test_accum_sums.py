@@ -5,7 +5,8 @@ send elements off their fast path (zeros, subnormals, overflow, inf, NaN) to the
 rounding rule; these tests hold every output element, in every mode and in accumulator formats
 from fp32 down to fp8, to :func:`test_accum.ref_sequential` / ``ref_pairwise`` (exact rational
 arithmetic, one rounding per step), including rows wider than one block. fp32 to nearest-even
-on float32 operands runs as float32 fused multiply-adds and is held to the same spec.
+on float32 operands runs as float32 fused multiply-adds (Sequential) or float32 multiplies and
+adds (Pairwise) and is held to the same spec.
 """
 
 from __future__ import annotations
@@ -153,3 +154,44 @@ def test_sequential_fp32_operands_off_float32_take_the_general_step(rng):
         for i, j in np.ndindex(seq.shape):
             want = ref_sequential(aa[i], b[:, j], float(cc[i, j]), fp32)
             assert same_bits(seq[i, j], want), (i, j, seq[i, j], want)
+
+
+@pytest.mark.parametrize("kind", ["random", "spread", "cancel", "tiny", "overflow", "special"])
+def test_pairwise_fp32_on_fp32_inputs(rng, kind):
+    """fp32 operands to nearest-even take the float32 tree; held to the spec like the rest."""
+    a, b, c = _operands(rng, fp32, fp32, kind, 2, 13, 300)
+    for cv in (c, None):
+        pw = matmul(a, b, accum=Pairwise(fp32), c=cv)
+        for i, j in np.ndindex(pw.shape):
+            want = ref_pairwise(a[i], b[:, j], None if cv is None else float(cv[i, j]), fp32)
+            assert same_bits(pw[i, j], want), (kind, i, j, pw[i, j], want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 6, 7, 8, 9, 16, 31, 33])
+def test_pairwise_fp32_tree_shape_for_every_remainder(rng, k):
+    """The float32 tree splits odd counts as the binary counter does, for K around powers of 2.
+
+    Products spread over 2**±20 make a sum depend on which partial sums are rounded together.
+    """
+    a, b, c = _operands(rng, bf16, fp32, "spread", 2, k, 6)
+    a *= np.exp2(rng.integers(-10, 10, a.shape))
+    for cv in (c, None):
+        pw = matmul(a, b, accum=Pairwise(fp32), c=cv)
+        for i, j in np.ndindex(pw.shape):
+            want = ref_pairwise(a[i], b[:, j], None if cv is None else float(cv[i, j]), fp32)
+            assert same_bits(pw[i, j], want), (k, i, j, pw[i, j], want)
+
+
+def test_pairwise_fp32_ties_and_a_rounded_product():
+    """Ties go to even, and a leaf is the product rounded into fp32 before any add."""
+    u = 2.0**-23  # ulp of 1 in fp32
+    x = 1 + 2.0**-12  # x * x = 1 + 2**-11 + 2**-24: rounded to fp32, 2**-24 is lost
+    a = np.array([[1.0, 0.5], [1 + u, 0.5], [-1.0, x]])
+    b = np.array([[1.0, 1.0, 1.0], [u, 3 * u, x]])
+    got = matmul(a, b, accum=Pairwise(fp32))
+    for i, j in np.ndindex(got.shape):
+        want = ref_pairwise(a[i], b[:, j], None, fp32)
+        assert same_bits(got[i, j], want), (i, j, got[i, j], want)
+    assert got[0, 0] == 1.0  # 1 + u/2: a tie, to the even 1
+    assert got[1, 0] == 1 + 2 * u  # 1 + u + u/2: a tie, to the even 1 + 2u
+    assert got[2, 2] == 2.0**-11  # -1 + round(x*x): the product's 2**-24 rounded away first

@@ -1,5 +1,6 @@
-"""Instruction-level tensor-core presets: names and aliases, the GPU lookup, and fp8 mma.sync on
-Hopper and Blackwell as ptxas lowers it (:class:`lowprec.accum.tensorcore.HmmaSplit`)."""
+"""Instruction-level tensor-core presets: names and aliases, the GPU lookup, fp8 mma.sync on
+Hopper and Blackwell as ptxas lowers it (:class:`lowprec.accum.tensorcore.HmmaSplit`), and the
+check that inputs are values of the input format."""
 
 from __future__ import annotations
 
@@ -154,3 +155,35 @@ def test_lookup_picks_the_library_instruction_and_says_which():
         tensor_core_preset("H100", "bf16", instruction="hmma")
     with pytest.raises(LowprecError, match="no tensor-core preset"):
         tensor_core_preset("A100", "bf16", instruction="wgmma")
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3fn", "fp8_e5m2", "fp16", "bf16", "tf32"])
+def test_inputs_accepted_exactly_when_they_are_values_of_the_input_format(rng, fmt):
+    """The input check takes a value iff ``round_to`` keeps it: every grid value in a and b runs,
+    and each neighbour off the grid (half a quantum away, beyond max, below the smallest
+    subnormal) is refused, as :func:`lowprec.round_to` decides, element by element."""
+    f = get_format(fmt)
+    tc = TENSOR_CORES[f"hopper-wgmma-{fmt.replace('fp8_', '').replace('fn', '')}-fp32"]
+    mags = np.concatenate(
+        [
+            np.exp2(np.arange(f.emin - f.man_bits, f.emax + 1, dtype=np.float64)),
+            f.smallest_normal * (1 + rng.integers(0, 2**f.man_bits, 40) * 2.0**-f.man_bits),
+            rng.standard_normal(60) * np.exp2(rng.integers(f.emin, f.emax, 60)),
+            [f.max, f.smallest_subnormal],
+        ]
+    )
+    grid = np.asarray(round_to(mags, f, saturate=True), dtype=np.float64)
+    grid = np.concatenate([grid, -grid])
+    quantum = np.exp2(np.maximum(np.floor(np.log2(np.abs(grid))), f.emin) - f.man_bits)
+    off = np.concatenate(
+        [grid + quantum / 2, grid + quantum / 4, [f.max * 2, f.smallest_subnormal / 2]]
+    )
+    for x in np.concatenate([grid, off]):
+        ok = bool(np.asarray(round_to(np.array([x]), f))[0] == x)
+        for a, b in ((np.array([[x, 1.0]]), np.array([[1.0], [0.0]])),
+                     (np.array([[1.0, 0.0]]), np.array([[x], [1.0]]))):  # fmt: skip
+            if ok:
+                matmul(a, b, accum=tc)
+            else:
+                with pytest.raises(LowprecError, match=f"not a value of {f.name}"):
+                    matmul(a, b, accum=tc)

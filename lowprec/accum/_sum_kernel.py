@@ -325,3 +325,69 @@ def _pairwise(
 
 
 pairwise_par, pairwise_ser = parallel_and_serial(_pairwise)
+
+
+def _pairwise_fp32(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_pairwise` for an fp32 format rounding to nearest-even, on float32 data, no c.
+
+    With a and b float32 values a leaf ``round_fp32(-0 + a_q * b_q)`` is the float32 product
+    ``a_q * b_q`` (IEEE 754 multiplication rounds the exact product once; adding -0 changes no
+    value, zeros included) and a merge ``round_fp32(x + y)`` of two float32 values is their
+    float32 sum, each with float32's own subnormals, overflow and signed zeros: the values of
+    :func:`_fma_round` for this format and mode, except for the payload and sign of a NaN. The
+    tree is :func:`_pairwise`'s binary counter, the same additions in the same order
+    (IEEE addition is commutative, so which operand comes first changes nothing); each step is
+    one pass over a block of a row's outputs (no ``fastmath``).
+
+    Args:
+        a, b: (B, M, K), (B, K, N) float32 inputs, K >= 1.
+        out: (B, M, N) float32 result.
+    """
+    nb, m, kk = a.shape
+    n = b.shape[2]
+    levels = 1
+    while (1 << levels) <= kk:
+        levels += 1
+    for row in numba.prange(nb * m):
+        bi = row // m
+        i = row - bi * m
+        ai = a[bi, i]
+        lvl = np.empty((levels, BLOCK), np.float32)
+        node = np.empty(BLOCK, np.float32)
+        for j0 in range(0, n, BLOCK):
+            w = min(BLOCK, n - j0)
+            for q in range(kk):
+                aq = ai[q]
+                bq = b[bi, q, j0 : j0 + w]
+                level = 0
+                while (q >> level) & 1:
+                    level += 1
+                # leaf q merged with the pending blocks below its lowest zero bit
+                top = lvl[level]
+                if level == 0:
+                    for j in range(w):
+                        top[j] = aq * bq[j]
+                else:
+                    low = lvl[0]
+                    for j in range(w):
+                        node[j] = low[j] + aq * bq[j]
+                    for lv in range(1, level):
+                        pend = lvl[lv]
+                        for j in range(w):
+                            node[j] = pend[j] + node[j]
+                    for j in range(w):
+                        top[j] = node[j]
+            total = out[bi, i, j0 : j0 + w]
+            first = True
+            for level in range(levels):
+                if (kk >> level) & 1:
+                    pend = lvl[level]
+                    if first:
+                        total[:] = pend[:w]
+                        first = False
+                    else:
+                        for j in range(w):
+                            total[j] = total[j] + pend[j]
+
+
+pairwise_fp32_par, pairwise_fp32_ser = parallel_and_serial(_pairwise_fp32)

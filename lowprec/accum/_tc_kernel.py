@@ -21,10 +21,75 @@ import math
 import numba
 import numpy as np
 
-from lowprec._jit import parallel_and_serial
+from lowprec._jit import parallel_and_serial, specialise
 from lowprec.accum._sum_kernel import as_bits, from_bits
 
 ZERO_EXP = -(1 << 20)  # exponent stored for zero inputs: never the maximum
+EXP_CAP = 1000  # reference exponents are capped here (only an infinite c reaches it)
+
+
+def _exponents(
+    x: np.ndarray,
+    emin: int,
+    man_bits: int,
+    vmax: float,
+    e: np.ndarray,
+    bad: np.ndarray,
+    on_grid: np.ndarray,
+    along_rows: bool,
+) -> None:
+    """Exponents ``max(floor(log2|x|), emin)`` of the entries of x, from their bit patterns,
+    and whether every finite entry is a value of a signed format with zero and subnormals.
+
+    A finite nonzero float64 ``x`` with biased exponent field ``f`` has ``floor(log2|x|) =
+    f - 1023`` when normal; a float64 subnormal (f = 0) lies below 2**-1022, far below every
+    ``emin`` these models take (>= -126), so the floor at ``emin`` gives it the same value.
+    Zeros, inf and NaN get :data:`ZERO_EXP`. Such a format holds x exactly when ``|x| <= vmax``
+    and x is a multiple of its quantum ``2**(e - man_bits)``, ``e = max(floor(log2|x|), emin)``:
+    the ``f - 1023 - e + man_bits`` fraction bits of x that the format keeps (none kept: x lies
+    below the quantum) are followed by zeros.
+
+    Args:
+        x: (B, R, C) float64.
+        emin, man_bits, vmax: Minimum exponent, fraction bits and largest value of the format.
+        e: (B, R, C) int32 result.
+        bad: (B, R) bool if ``along_rows`` else (B, C): rows (columns) of x holding inf/NaN.
+        on_grid: (B * R,) bool result: whether every finite entry of the row is on the grid.
+        along_rows: Which of the two ``bad`` reports.
+    """
+    nb, nr, nc = x.shape
+    bad[...] = False
+    for t in numba.prange(nb * nr):
+        bi = t // nr
+        r = t - bi * nr
+        xr = x[bi, r]
+        er = e[bi, r]
+        row_bad = False
+        row_off = False
+        for q in range(nc):
+            bits = as_bits(xr[q])
+            f = (bits >> 52) & 0x7FF
+            nonzero = xr[q] != 0.0
+            finite = f != 0x7FF
+            ex = max(f - 1023, emin)
+            er[q] = np.int32(ex) if nonzero & finite else np.int32(ZERO_EXP)
+            kept = f - 1023 - ex + man_bits
+            low = (np.int64(1) << (52 - max(kept, np.int64(0)))) - 1
+            off = (kept < 0) | ((bits & low) != 0) | (abs(xr[q]) > vmax)
+            row_off |= off & nonzero & finite
+            row_bad |= not finite
+        on_grid[t] = not row_off
+        if along_rows:
+            bad[bi, r] = row_bad
+    if not along_rows:
+        for bi in range(nb):
+            for r in range(nr):
+                xr = x[bi, r]
+                for q in range(nc):
+                    bad[bi, q] |= ((as_bits(xr[q]) >> 52) & 0x7FF) == 0x7FF
+
+
+exponents_par, exponents_ser = parallel_and_serial(_exponents)
 
 
 @numba.njit(cache=True)
@@ -76,6 +141,44 @@ def _round_bits(bits: np.int64, tm: int, temin: int, nearest: bool) -> np.int64:
     return np.int64(0) if mag == 0 else r | sign
 
 
+@numba.njit(cache=True, inline="always")
+def _align(
+    cj: float, e_prod: np.int64, has_zero: bool, f: np.int64, zexp: np.int64, cmin: np.int64
+) -> tuple[float, float]:
+    """``(scale, c aligned)`` of one block of one output: ``2**(F - E)`` and
+    ``trunc(c * 2**(F - E))``, E the block's reference exponent.
+
+    ``e_prod`` is the largest product exponent (below ``ZERO_EXP // 2`` if every product is
+    zero), ``has_zero`` whether a product is zero. A zero c does not count; a nonzero finite c
+    of the accumulator (at most fp32's range) is a normal float64 whose exponent is its biased
+    exponent field less 1023, floored at ``cmin``. An infinite c (an earlier block's overflow)
+    has exponent 1024; E is capped at :data:`EXP_CAP` so that both scales stay normal powers of
+    two and the infinity passes through every later block unchanged. Written without branches
+    (bitwise ``|``, selects) so that a loop over it vectorises.
+    """
+    no_c = cj == 0.0
+    ce = ((as_bits(cj) >> 52) & 0x7FF) - 1023
+    er = e_prod if no_c else max(e_prod, max(ce, cmin))
+    er = zexp if (has_zero | no_c) & (er < zexp) else er
+    er = f if er <= ZERO_EXP // 2 else er  # nothing but zeros: the sum is 0 at any scale
+    er = min(er, np.int64(EXP_CAP))
+    scale = from_bits((f - er + 1023) << 52)
+    return scale, np.trunc(cj * scale)
+
+
+@numba.njit(cache=True, inline="always")
+def _finish(total: float, scale: float, tm: int, temin: int, vmax: float, nearest: bool) -> float:
+    """A block's exact sum ``total / scale`` rounded into the accumulator (to nearest-even, else
+    toward zero); beyond ``vmax`` it is inf in both modes, as in both published models.
+
+    ``scale`` is a normal power of two ``2**x`` (biased exponent field ``x + 1023``), so
+    ``2**-x`` has the field ``2046 - (x + 1023)``: the bit pattern ``(2046 << 52) - scale``.
+    """
+    unscale = from_bits((np.int64(2046) << 52) - as_bits(scale))
+    r = from_bits(_round_bits(as_bits(total * unscale), tm, temin, nearest))
+    return math.copysign(np.inf, r) if abs(r) > vmax else r
+
+
 def _tc_matmul(
     ea: np.ndarray,
     eb: np.ndarray,
@@ -92,18 +195,20 @@ def _tc_matmul(
     tm: int,
     temin: int,
     vmax: float,
-    nearest: bool,
 ) -> None:
     """Chained block fused dot products for every output element.
 
-    Each output row is processed block by block; per block three loops run over the row's N
-    elements (j) and vectorise: the block's largest product exponent, the alignment and exact
-    sum of the terms, and the final rounding into the accumulator, written without branches
-    (whether a block holds a zero product comes from per-block zero flags of a and of b).
-    Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is an integer below 2**(F + 2) held
-    exactly in float64 (a_k * b_k has at most 24 significant bits, scaling by a power of two is
-    exact, trunc is exact), and every partial sum is an integer below 2**53, so any summation
-    order (``reassoc``) gives the same exact sum.
+    Each output row is processed block by block, and per block every loop runs over the row's
+    N elements (j) and vectorises: the block's largest product exponents (four k per pass),
+    the alignment and exact sum of the terms (four k per pass), and one pass that rounds the
+    block's sum into the accumulator and aligns it as the next block's c (:func:`_finish`,
+    :func:`_align`; whether a block holds a zero product comes from per-block zero flags of a
+    and of b). Every aligned term ``trunc(a_k * b_k * 2**(F - E))`` is an integer below
+    2**(F + 2) held exactly in float64 (a_k * b_k has at most 24 significant bits, scaling by
+    a power of two is exact, trunc is exact), and every partial sum is an integer below 2**53,
+    so any summation order (``reassoc``) gives the same exact sum. Elements in a row of a or a
+    column of b holding inf/NaN, or with a non-finite c, are computed along with the rest and
+    then replaced by the IEEE value of their exact terms (:func:`_special`).
 
     Args:
         ea, eb: (B, M, K), (B, K, N) int32 exponents ``max(floor(log2|x|), emin)`` of a and b
@@ -117,12 +222,10 @@ def _tc_matmul(
         zero_exp: Exponent a zero term (a zero product, or c = 0) counts with in the maximum.
         cemin: Smallest exponent of c (the accumulator's emin: its subnormals count there).
         tm, temin, vmax: Accumulator format: fraction bits, minimum exponent, largest value.
-        nearest: Round the block result to nearest-even (else toward zero).
     """
     nb, m, k = ea.shape
     n = eb.shape[2]
     nblocks = (k + block - 1) // block
-    zero_lim = ZERO_EXP // 2  # below it the largest term is a zero: all terms are zeros
     # a block of row i and column j holds a zero product iff a[i] or b[:, j] holds a zero
     # there: a's part is read per row, b's (B, nblocks, N) part is found here once
     zero_b = np.zeros((nb, nblocks, n), np.bool_)
@@ -140,57 +243,82 @@ def _tc_matmul(
         i = row - bi * m
         ai = a[bi, i]
         eai = ea[bi, i]
-        acc = c0[bi, i].copy()
+        c_row = c0[bi, i]
         emax = np.empty(n, np.int32)
         scale = np.empty(n, np.float64)
-        unscale = np.empty(n, np.float64)
         total = np.empty(n, np.float64)
-        live = np.empty(n, np.bool_)
-        for j in range(n):
-            live[j] = not (bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(acc[j]))
         for blk in range(nblocks):
             k0 = blk * block
             k1 = min(k0 + block, k)
+            # the block's largest product exponents, four k per pass over j
             emax[:] = ZERO_EXP
             zero_a = False
-            for kk in range(k0, k1):
+            kk = k0
+            while kk + 4 <= k1:
+                e0, e1, e2, e3 = eai[kk], eai[kk + 1], eai[kk + 2], eai[kk + 3]
+                zero_a |= (e0 == ZERO_EXP) | (e1 == ZERO_EXP) | (e2 == ZERO_EXP) | (e3 == ZERO_EXP)
+                b0, b1, b2, b3 = eb[bi, kk], eb[bi, kk + 1], eb[bi, kk + 2], eb[bi, kk + 3]
+                for j in range(n):
+                    p01 = max(np.int32(e0 + b0[j]), np.int32(e1 + b1[j]))
+                    p23 = max(np.int32(e2 + b2[j]), np.int32(e3 + b3[j]))
+                    emax[j] = max(emax[j], max(p01, p23))
+                kk += 4
+            while kk < k1:
                 e_a = eai[kk]
                 zero_a |= e_a == ZERO_EXP
                 ebk = eb[bi, kk]
                 for j in range(n):
                     emax[j] = max(emax[j], np.int32(e_a + ebk[j]))
+                kk += 1
             zb = zero_b[bi, blk]
-            for j in range(n):
-                cj = acc[j]
-                # bitwise | and & (not the branching ``or``/``and``) keep the loop vectorised
-                no_c = (cj == 0.0) | (not live[j])
-                # a nonzero finite c of the accumulator (at most fp32's range) is a normal
-                # float64: its exponent is its biased exponent field less 1023
-                ce = ((as_bits(cj) >> 52) & 0x7FF) - 1023
-                er = np.int64(emax[j])
-                er = er if no_c else max(er, max(ce, cmin))
-                er = zexp if (zero_a | zb[j] | no_c) & (er < zexp) else er
-                er = f if er <= zero_lim else er  # nothing but zeros: the sum is 0 at any scale
-                scale[j] = from_bits((f - er + 1023) << 52)
-                unscale[j] = from_bits((er - f + 1023) << 52)
-                total[j] = 0.0 if no_c else np.trunc(cj * scale[j])
-            for kk in range(k0, k1):
+            if blk == 0:
+                for j in range(n):
+                    has_zero = zero_a | zb[j]
+                    scale[j], total[j] = _align(
+                        c_row[j], np.int64(emax[j]), has_zero, f, zexp, cmin
+                    )
+            else:
+                # the previous block's sum rounded, then aligned as this block's c
+                for j in range(n):
+                    cj = _finish(total[j], scale[j], tm, temin, vmax, _NEAREST)
+                    has_zero = zero_a | zb[j]
+                    scale[j], total[j] = _align(cj, np.int64(emax[j]), has_zero, f, zexp, cmin)
+            # the aligned terms summed exactly, four k per pass over j
+            kk = k0
+            while kk + 4 <= k1:
+                a0, a1, a2, a3 = ai[kk], ai[kk + 1], ai[kk + 2], ai[kk + 3]
+                b0, b1, b2, b3 = b[bi, kk], b[bi, kk + 1], b[bi, kk + 2], b[bi, kk + 3]
+                for j in range(n):
+                    sj = scale[j]
+                    t01 = np.trunc(a0 * b0[j] * sj) + np.trunc(a1 * b1[j] * sj)
+                    t23 = np.trunc(a2 * b2[j] * sj) + np.trunc(a3 * b3[j] * sj)
+                    total[j] += t01 + t23
+                kk += 4
+            while kk < k1:
                 av = ai[kk]
                 bk = b[bi, kk]
                 for j in range(n):
                     total[j] += np.trunc(av * bk[j] * scale[j])
+                kk += 1
+        res = out[bi, i]
+        if nblocks == 0:  # K = 0: the result is c
+            res[:] = c_row
+        else:
             for j in range(n):
-                v = total[j] * unscale[j]
-                r = from_bits(_round_bits(as_bits(v), tm, temin, nearest))
-                over = abs(r) > vmax  # inf in both modes, as in both published models
-                r = math.copysign(np.inf, r) if over else r
-                acc[j] = r if live[j] else acc[j]
-                live[j] = live[j] & (not over)
+                res[j] = _finish(total[j], scale[j], tm, temin, vmax, _NEAREST)
         for j in range(n):
-            if bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(c0[bi, i, j]):
-                out[bi, i, j] = _special(ai, b[bi, :, j], c0[bi, i, j])
-            else:
-                out[bi, i, j] = acc[j]
+            if bad_a[bi, i] or bad_b[bi, j] or not math.isfinite(c_row[j]):
+                res[j] = _special(ai, b[bi, :, j], c_row[j])
 
 
-tc_matmul_par, tc_matmul_ser = parallel_and_serial(_tc_matmul, fastmath={"reassoc", "contract"})
+_NEAREST = False  # each compiled copy of _tc_matmul holds its own (:data:`TC_LOOPS`)
+
+TC_LOOPS = {
+    nearest: parallel_and_serial(
+        specialise(_tc_matmul, "_rne" if nearest else "_rtz", _NEAREST=nearest),
+        fastmath={"reassoc", "contract"},
+    )
+    for nearest in (False, True)
+}
+"""Whether block results round to nearest-even (else toward zero) -> (parallel, serial) twins
+of :func:`_tc_matmul`, each compiled with the rounding fixed (no branch on it per element)."""

@@ -953,6 +953,38 @@ def _sequential_fp32(a3: F64, b3: F64, acc3: F64, par: bool) -> bool:
     return True
 
 
+def _pairwise_fp32(a3: F64, b3: F64, c3: F64, out3: F64, par: bool) -> bool:
+    """Pairwise(fp32) to nearest-even in float32 arithmetic, into out3.
+
+    When a, b (and c) are float32 values a leaf is the float32 product and a merge the float32
+    sum (:func:`lowprec.accum._sum_kernel._pairwise_fp32`), the same values as the general
+    steps; ``+ c`` last is one more float32 addition. A result holding a NaN is left to the
+    general steps (whose NaN is the one :func:`lowprec.round_to` gives), and so are inputs that
+    are not float32 values.
+
+    Args:
+        a3, b3: (B, M, K), (B, K, N) float64 operands (K = 0 is left to the general steps).
+        c3: (B, M, N) float64 addend, or an empty array for none.
+        out3: (B, M, N) float64, overwritten with the results when this returns True.
+        par: Run the parallel twin of the loop.
+
+    Returns:
+        Whether the result was computed here.
+    """
+    has_c = c3.size > 0
+    if a3.shape[-1] == 0 or not (_is_fp32(a3) and _is_fp32(b3) and (not has_c or _is_fp32(c3))):
+        return False
+    out32 = np.empty(out3.shape, np.float32)
+    kernel = _sk.pairwise_fp32_par if par else _sk.pairwise_fp32_ser
+    kernel(a3.astype(np.float32), b3.astype(np.float32), out32)
+    if has_c:
+        out32 += c3.astype(np.float32)  # IEEE float32 addition, rounded to nearest-even
+    if np.isnan(out32).any():
+        return False
+    out3[...] = out32
+    return True
+
+
 @dataclass(frozen=True)
 class Sequential(AccumModel):
     """``acc = round(acc + a_k * b_k)`` for k = 0 .. K-1, starting from ``c``.
@@ -1010,7 +1042,9 @@ class Pairwise(AccumModel):
     2, 4, 8, ...; when K is not a power of two the leftover blocks (sizes decreasing from the
     left) are added from the smallest (rightmost) into the next larger. ``c`` is added last.
     Memory stays at log2(K) partial sums. Every rounding is :func:`add_round`'s (a leaf is
-    the product added to the additive identity), compiled in :mod:`lowprec.accum._sum_kernel`.
+    the product added to the additive identity), compiled in :mod:`lowprec.accum._sum_kernel`;
+    for fp32 to nearest-even on float32 operands every step is a float32 multiply or add
+    (:func:`_pairwise_fp32`), the same value.
 
     Attributes:
         fmt: Format of products and partial sums.
@@ -1036,8 +1070,11 @@ class Pairwise(AccumModel):
         out = np.empty(shape)
         out3 = out.reshape(a3.shape[0], *shape[-2:])  # (B, M, N)
         c3 = np.zeros((0, 0, 0)) if c is None else np.ascontiguousarray(c).reshape(out3.shape)
+        par = use_parallel(out.size * a.shape[-1])
+        if fmt == fp32 and mode is Rounding.NEAREST_EVEN and _pairwise_fp32(a3, b3, c3, out3, par):
+            return out
         ident = 0.0 if mode is Rounding.DOWN else -0.0
-        kernel = _sk.pairwise_par if use_parallel(out.size * a.shape[-1]) else _sk.pairwise_ser
+        kernel = _sk.pairwise_par if par else _sk.pairwise_ser
         kernel(a3, b3, c3, out3, ident, c is not None, consts)
         return out
 

@@ -114,28 +114,28 @@ class TensorCore(AccumModel):
 
     def _matmul(self, a: F64, b: F64, c: F64 | None) -> F64:
         in_fmt, acc, out = _f(self.in_fmt), _f(self.acc_fmt), _f(self.out_fmt)
-        _check_inputs(f"TensorCore {self.name}", a, b, in_fmt)
+        a_in, b_in = a, b
         a, b, c, shape = broadcast_operands(a, b, c)
         batch = shape[:-2]
         m, k = a.shape[-2:]
         n = b.shape[-1]
         c0 = np.zeros(shape) if c is None else np.asarray(round_to(c, out), dtype=np.float64)
-        a3 = a.reshape(-1, m, k)
+        a3 = np.ascontiguousarray(a.reshape(-1, m, k))
         b3 = np.ascontiguousarray(b.reshape(-1, k, n))
         c3 = np.ascontiguousarray(np.broadcast_to(c0, shape).reshape(-1, m, n))
-        ea, bad_a = _exponents(a3, in_fmt)
-        eb, bad_b = _exponents(np.swapaxes(b3, -1, -2), in_fmt)
-        eb = np.ascontiguousarray(np.swapaxes(eb, -1, -2))
+        ea, bad_a, a_on_grid = _exponents(a3, in_fmt, True)
+        eb, bad_b, b_on_grid = _exponents(b3, in_fmt, False)
+        if not (a_on_grid and b_on_grid):
+            _check_inputs(f"TensorCore {self.name}", a_in, b_in, in_fmt)
         res = np.empty_like(c3)
-        tc = _k.tc_matmul_par if use_parallel(res.size) else _k.tc_matmul_ser
+        par, ser = _k.TC_LOOPS[self.rounding is Rounding.NEAREST_EVEN]
+        tc = par if use_parallel(res.size) else ser
         tc(
             ea, eb, c3, bad_a, bad_b,
-            np.ascontiguousarray(a3),
-            b3, res,
+            a3, b3, res,
             int(self.block), int(self.frac_bits),
             -(1 << 30) if self.zero_exp is None else int(self.zero_exp),
             acc.emin, acc.man_bits, acc.emin, acc.max,
-            self.rounding is Rounding.NEAREST_EVEN,
         )  # fmt: skip
         d = res.reshape(shape)
         if out != acc:
@@ -168,14 +168,17 @@ def _check_inputs(who: str, a: F64, b: F64, fmt: Format) -> None:
             )
 
 
-def _exponents(x: F64, fmt: Format) -> tuple[np.ndarray, np.ndarray]:
-    """Exponents ``max(floor(log2|x|), emin)`` (ZERO_EXP for 0, inf, NaN) and rows with inf/NaN."""
-    fin = np.isfinite(x)
-    xf = np.where(fin, x, 0.0)
-    _, e2 = np.frexp(xf)
-    e = np.maximum(e2.astype(np.int32) - 1, np.int32(fmt.emin))
-    e = np.where(xf != 0, e, np.int32(_k.ZERO_EXP)).astype(np.int32)
-    return e, ~np.all(fin, axis=-1)
+def _exponents(x: F64, fmt: Format, along_rows: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Exponents ``max(floor(log2|x|), emin)`` (ZERO_EXP for 0, inf, NaN) of a C-contiguous
+    (B, R, C) x, which rows (``along_rows``) or columns of x hold inf/NaN, and whether every
+    finite entry is certainly a value of ``fmt`` (False: :func:`_check_inputs` decides)."""
+    e = np.empty(x.shape, np.int32)
+    bad = np.empty(x.shape[:2] if along_rows else (x.shape[0], x.shape[2]), np.bool_)
+    on_grid = np.empty(x.shape[0] * x.shape[1], np.bool_)
+    kernel = _k.exponents_par if use_parallel(x.size) else _k.exponents_ser
+    kernel(x, fmt.emin, fmt.man_bits, fmt.max, e, bad, on_grid, along_rows)
+    plain = fmt.signed and fmt.has_zero and fmt.subnormals
+    return e, bad, plain and bool(on_grid.all())
 
 
 @dataclass(frozen=True)
