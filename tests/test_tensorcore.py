@@ -187,3 +187,13 @@ def test_inputs_accepted_exactly_when_they_are_values_of_the_input_format(rng, f
             else:
                 with pytest.raises(LowprecError, match=f"not a value of {f.name}"):
                     matmul(a, b, accum=tc)
+
+
+def test_an_empty_product_gives_c() -> None:
+    # K = 0: D = C (rounded into the output format), zeros without C; not a reshape error
+    tc = tensor_core_preset("H100", "bf16")
+    c = np.array([[1.0, 1 + 2.0**-30], [-3.0, 0.5]])
+    np.testing.assert_array_equal(
+        tc.matmul(np.zeros((2, 0)), np.zeros((0, 2)), c), round_to(c, "fp32")
+    )
+    np.testing.assert_array_equal(tc.matmul(np.zeros((2, 0)), np.zeros((0, 2))), np.zeros((2, 2)))

@@ -120,6 +120,8 @@ class TensorCore(AccumModel):
         m, k = a.shape[-2:]
         n = b.shape[-1]
         c0 = np.zeros(shape) if c is None else np.asarray(round_to(c, out), dtype=np.float64)
+        if k == 0:  # an empty dot product: D = C
+            return c0
         a3 = np.ascontiguousarray(a.reshape(-1, m, k))
         b3 = np.ascontiguousarray(b.reshape(-1, k, n))
         c3 = np.ascontiguousarray(np.broadcast_to(c0, shape).reshape(-1, m, n))
