@@ -225,6 +225,7 @@ def test_compare_page_from_a_fake_comparison(tmp_path: Path) -> None:
     ]
     md = (folder / "report.md").read_text()
     assert "Verdict: 1/2 outputs meet their target" in md
+    assert "Bit-identical in every element: 1/2 outputs." in md  # the matmul, not the sdpa
     assert "| mm_fake | matmul | bf16 | - | out | 1 | 1.000 | bit-exact | PASS |" in md
     ratio = outs[1]["ratio"]["rmse"]
     assert abs(ratio - 1) > MATCH_FRACTION and f"| {ratio:.3f} |" in md

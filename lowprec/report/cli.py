@@ -114,8 +114,8 @@ def run_sections(
             folder = write_compare_report(data, out, captures)
             s = compare_summary(data)
             lines.append(
-                f"compare: {s['met']}/{s['total']} outputs meet their target "
-                f"({len(paths)} capture(s)); wrote {folder}"
+                f"compare: {s['met']}/{s['total']} outputs meet their target, "
+                f"{s['identical']} bit-identical ({len(paths)} capture(s)); wrote {folder}"
             )
         else:
             remove_section(COMPARE_DIR, out)

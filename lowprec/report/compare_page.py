@@ -92,14 +92,17 @@ def device_line(device: dict[str, Any]) -> str:
 
 
 def compare_summary(data: dict[str, Any]) -> dict[str, Any]:
-    """Counts of outputs meeting their target, overall and for products / attention."""
+    """Counts of outputs meeting their target, overall and for products / attention, and of
+    outputs bit-identical in every element."""
     counts = {"products": [0, 0], "attention": [0, 0]}
+    identical = 0
     for cap in data["captures"]:
         for c in cap["cases"]:
             group = "products" if c["case"]["op"] in _PRODUCT_OPS else "attention"
             for o in c["outputs"]:
                 counts[group][0] += output_meets_target(c["case"]["op"], o)
                 counts[group][1] += 1
+                identical += o["identical"] == 1.0
     met = sum(v[0] for v in counts.values())
     total = sum(v[1] for v in counts.values())
     return {
@@ -109,6 +112,7 @@ def compare_summary(data: dict[str, Any]) -> dict[str, Any]:
         "products_total": counts["products"][1],
         "attention_met": counts["attention"][0],
         "attention_total": counts["attention"][1],
+        "identical": identical,
     }
 
 
@@ -205,7 +209,8 @@ def compare_blocks(data: dict[str, Any], command: str) -> list[Block]:
             "p",
             f"Verdict: {s['met']}/{s['total']} outputs meet their target (products bit-exact: "
             f"{s['products_met']}/{s['products_total']}; attention statistics: "
-            f"{s['attention_met']}/{s['attention_total']}).",
+            f"{s['attention_met']}/{s['attention_total']}). Bit-identical in every element: "
+            f"{s['identical']}/{s['total']} outputs.",
         ),
     ]
     for i, cap in enumerate(data["captures"]):

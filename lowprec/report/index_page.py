@@ -105,7 +105,8 @@ def _sections_rows(root: Path) -> list[str]:
             f"RMSE and bias within {100 * MATCH_FRACTION:g}%. {e(devices)}</td>"
             f"<td class='{cls}'>{s['met']}/{s['total']} outputs</td>"
             f"<td>products bit-exact {s['products_met']}/{s['products_total']}; attention "
-            f"{s['attention_met']}/{s['attention_total']}</td></tr>"
+            f"{s['attention_met']}/{s['attention_total']}; bit-identical {s['identical']}/"
+            f"{s['total']}</td></tr>"
         )
     else:
         rows.append(
