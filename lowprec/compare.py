@@ -188,13 +188,18 @@ class AttentionModel:
     description: str = ""
 
 
+def _fp32_lanes(facts: dict[str, Any]) -> int:
+    """fp32 lanes of the captured CPU's vector registers (8 where the capability is unknown)."""
+    return CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
+
+
 def torch_cpu_flash_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolicy:
     """torch's CPU flash attention in ``fmt`` on the captured CPU (module docstring).
 
     The steps are :func:`lowprec.kernels.policy.torch_cpu_flash`'s; this picks the products'
     accumulation models and the vector width of the row sums from the device facts.
     """
-    lanes = CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
+    lanes = _fp32_lanes(facts)
     pv = Chunked(fp32, CPU_FLASH_KV_SPLIT, Sequential(fp32))  # the block's sum, then + O
     pol = torch_cpu_flash(fmt, Sequential(fp32), pv).replace(
         row_sum_accum=VectorLanes(fp32, lanes, 2),
@@ -215,7 +220,7 @@ def torch_math_policy(fmt: Format, facts: dict[str, Any]) -> AttentionPolicy:
     softmax: SLEEF's expf, the row sum in ``W`` vector lanes, P-bar times the fp32 reciprocal of
     the sum; its backward's D = rowsum(dP * P) in the same lanes.
     """
-    lanes = CPU_FP32_LANES.get(str(facts.get("cpu_capability", "")).upper(), 8)
+    lanes = _fp32_lanes(facts)
     mkl = MklSgemm(fp32)
     return torch_math(fmt).replace(
         scores_accum=mkl,

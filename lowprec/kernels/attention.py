@@ -548,7 +548,7 @@ def _exp_fn(policy: AttentionPolicy) -> Any:
 
 def _bwd_exp_fn(policy: AttentionPolicy) -> Any:
     """The backward's exp of S - lse: numpy's float64 exp (then rounded) or SLEEF's expf."""
-    return sleef_expf_u10 if policy.bwd_exp_impl == "sleef_expf_u10" else np.exp
+    return _EXP_FNS.get(policy.bwd_exp_impl, np.exp)
 
 
 _EXP2_FNS: dict[str, Any] = {
